@@ -1,0 +1,132 @@
+using Strata.Images.Storage;
+
+namespace Strata.Images.Qcow2;
+
+/// <summary>One cached cluster-sized metadata table (an L2 table or a refcount block).</summary>
+internal sealed class CachedTable
+{
+    public CachedTable(long offset, byte[] data)
+    {
+        Offset = offset;
+        Data = data;
+    }
+
+    public long Offset { get; }
+    public byte[] Data { get; }
+    public bool Dirty { get; set; }
+    public long LastUse { get; set; }
+}
+
+/// <summary>
+/// A bounded write-back cache of metadata tables keyed by host offset. Not thread-safe: the owning image
+/// calls it only under its metadata lock. Dirty tables are never evicted; the image flushes them (in its
+/// crash-safe order) when the cache is over capacity, so capacity is a soft bound.
+/// </summary>
+internal sealed class MetadataCache
+{
+    private readonly Dictionary<long, CachedTable> _tables = [];
+    private readonly IStorage _storage;
+    private readonly int _tableSize;
+    private long _clock;
+
+    public MetadataCache(IStorage storage, int tableSize, int capacity)
+    {
+        _storage = storage;
+        _tableSize = tableSize;
+        Capacity = Math.Max(2, capacity);
+    }
+
+    public int Capacity { get; }
+    public int Count => _tables.Count;
+
+    public bool HasDirty
+    {
+        get
+        {
+            foreach (var t in _tables.Values)
+                if (t.Dirty)
+                    return true;
+            return false;
+        }
+    }
+
+    public int DirtyCount
+    {
+        get
+        {
+            int n = 0;
+            foreach (var t in _tables.Values)
+                if (t.Dirty)
+                    n++;
+            return n;
+        }
+    }
+
+    public async ValueTask<CachedTable> GetAsync(long offset, CancellationToken ct)
+    {
+        if (_tables.TryGetValue(offset, out var t))
+        {
+            t.LastUse = ++_clock;
+            return t;
+        }
+        var data = new byte[_tableSize];
+        await _storage.ReadAsync(data, offset, ct).ConfigureAwait(false);
+        return Insert(offset, data);
+    }
+
+    /// <summary>A table for a freshly allocated cluster: starts zeroed (or with <paramref name="contents"/>) and dirty; nothing is read.</summary>
+    public CachedTable GetEmpty(long offset, ReadOnlySpan<byte> contents = default)
+    {
+        if (!_tables.TryGetValue(offset, out var t))
+            t = Insert(offset, new byte[_tableSize]);
+        else
+            Array.Clear(t.Data);
+        contents.CopyTo(t.Data);
+        t.Dirty = true;
+        t.LastUse = ++_clock;
+        return t;
+    }
+
+    public CachedTable? TryGet(long offset) => _tables.GetValueOrDefault(offset);
+
+    /// <summary>Forgets a table whose cluster was freed (its contents must never be written back).</summary>
+    public void Discard(long offset) => _tables.Remove(offset);
+
+    private CachedTable Insert(long offset, byte[] data)
+    {
+        if (_tables.Count >= Capacity)
+            EvictClean();
+        var t = new CachedTable(offset, data) { LastUse = ++_clock };
+        _tables[offset] = t;
+        return t;
+    }
+
+    private void EvictClean()
+    {
+        CachedTable? victim = null;
+        foreach (var t in _tables.Values)
+            if (!t.Dirty && (victim == null || t.LastUse < victim.LastUse))
+                victim = t;
+        if (victim != null)
+            _tables.Remove(victim.Offset);
+    }
+
+    /// <summary>Writes every dirty table (in offset order, so neighbouring tables go out together) and marks them clean.</summary>
+    public async ValueTask WriteDirtyAsync(CancellationToken ct)
+    {
+        List<CachedTable>? dirty = null;
+        foreach (var t in _tables.Values)
+            if (t.Dirty)
+                (dirty ??= []).Add(t);
+        if (dirty == null)
+            return;
+        dirty.Sort((a, b) => a.Offset.CompareTo(b.Offset));
+        foreach (var t in dirty)
+        {
+            await _storage.WriteAsync(t.Data, t.Offset, ct).ConfigureAwait(false);
+            t.Dirty = false;
+        }
+    }
+
+    public void Clear() => _tables.Clear();
+}

@@ -1,0 +1,101 @@
+using System.Buffers.Binary;
+using static Strata.Images.Qcow2.Qcow2Constants;
+
+namespace Strata.Images.Qcow2;
+
+public sealed partial class Qcow2Image
+{
+    public async ValueTask FlushAsync(CancellationToken ct = default)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (_file.IsReadOnly)
+            return;
+        await _lock.WaitAsync(ct).ConfigureAwait(false);
+        try
+        {
+            await FlushMetadataLockedAsync(ct).ConfigureAwait(false);
+        }
+        finally
+        {
+            _lock.Release();
+        }
+    }
+
+    /// <summary>
+    /// Writes cached metadata in the order that keeps the image consistent after a crash at any point
+    /// (leaks at worst), and makes all completed writes durable:
+    /// refcount blocks → flush → L2 tables → flush → L1 entries → flush → then the clusters whose last
+    /// reference was dropped are freed (their refcount blocks go out with a final flush).
+    /// </summary>
+    private async ValueTask FlushMetadataLockedAsync(CancellationToken ct)
+    {
+        // 1. New clusters must be counted on disk before anything points at them. With lazy refcounts
+        //    (dirty bit set) refcounts are rebuilt after a crash, so they may stay in memory.
+        if (_rc.IsDirty && (!_dirtyBitSet || _rc.Blocks.DirtyCount >= _rc.Blocks.Capacity))
+            await _rc.WriteDirtyAsync(ct).ConfigureAwait(false);
+
+        // 2. This flush makes guest data and refcounts durable before the L2 entries that reference them.
+        await _file.FlushAsync(ct).ConfigureAwait(false);
+
+        if (_l2Cache.HasDirty)
+        {
+            await _l2Cache.WriteDirtyAsync(ct).ConfigureAwait(false);
+            // 3. New L2 tables must be on disk before the L1 points at them.
+            if (_dirtyL1.Count > 0)
+                await _file.FlushAsync(ct).ConfigureAwait(false);
+        }
+        if (_dirtyL1.Count > 0)
+        {
+            await WriteL1EntriesAsync(ct).ConfigureAwait(false);
+            await _file.FlushAsync(ct).ConfigureAwait(false);
+        }
+
+        // 4. Only now is no on-disk table referencing the clusters we dropped: free them. Lock-free writes still
+        //    in flight may target such a cluster, so wait for a quiet moment (the next flush) in that case.
+        if (_rc.HasPendingFrees && Volatile.Read(ref _inPlaceWrites) == 0)
+        {
+            await _rc.ApplyPendingFreesAsync(OnClusterFreed, ct).ConfigureAwait(false);
+            if (!_dirtyBitSet)
+            {
+                await _rc.WriteDirtyAsync(ct).ConfigureAwait(false);
+                await _file.FlushAsync(ct).ConfigureAwait(false);
+            }
+        }
+    }
+
+    private void OnClusterFreed(long host)
+    {
+        // A freed table must never be written back from the caches, nor served if the cluster is reused.
+        _l2Cache.Discard(host);
+        _rc.Blocks.Discard(host);
+    }
+
+    private async ValueTask WriteL1EntriesAsync(CancellationToken ct)
+    {
+        // Runs of neighbouring entries go out as one write.
+        var buf = new byte[8 * 512];
+        using var e = _dirtyL1.GetEnumerator();
+        var list = new List<int>(_dirtyL1);
+        int i = 0;
+        while (i < list.Count)
+        {
+            int start = list[i], n = 1;
+            while (i + n < list.Count && list[i + n] == start + n && n < 512)
+                n++;
+            for (int k = 0; k < n; k++)
+                BinaryPrimitives.WriteUInt64BigEndian(buf.AsSpan(k * 8), _l1[start + k]);
+            await _file.WriteAsync(buf.AsMemory(0, n * 8), _h.L1TableOffset + start * 8L, ct).ConfigureAwait(false);
+            i += n;
+        }
+        _dirtyL1.Clear();
+    }
+
+    /// <summary>Rebuilds refcounts of an image left dirty by a crash with lazy refcounts (QEMU does this on open).</summary>
+    private async ValueTask RepairDirtyAsync(CancellationToken ct)
+    {
+        await Qcow2Check.RepairAsync(this, Qcow2RepairMode.All, ct).ConfigureAwait(false);
+        _h.IncompatibleFeatures &= ~IncompatDirty;
+        await WriteIncompatibleFeaturesAsync(ct).ConfigureAwait(false);
+        _dirtyBitSet = false;
+    }
+}

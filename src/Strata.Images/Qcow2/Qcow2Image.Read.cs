@@ -1,0 +1,97 @@
+using System.Buffers;
+using static Strata.Images.Qcow2.Qcow2Constants;
+
+namespace Strata.Images.Qcow2;
+
+public sealed partial class Qcow2Image
+{
+    public ValueTask ReadAsync(Memory<byte> buffer, long offset, CancellationToken ct = default)
+    {
+        CheckRange(offset, buffer.Length);
+        return ReadCoreAsync(buffer, offset, lockHeld: false, ct);
+    }
+
+    /// <summary>
+    /// The guest view of this layer and its backing chain. With <paramref name="lockHeld"/> the caller already
+    /// holds the metadata lock (copy-on-write reads the old contents this way).
+    /// </summary>
+    private async ValueTask ReadCoreAsync(Memory<byte> buffer, long offset, bool lockHeld, CancellationToken ct)
+    {
+        while (buffer.Length > 0)
+        {
+            Run run;
+            if (lockHeld)
+                run = await GetRunAsync(offset, buffer.Length, ct).ConfigureAwait(false);
+            else
+            {
+                await _lock.WaitAsync(ct).ConfigureAwait(false);
+                try
+                {
+                    run = await GetRunAsync(offset, buffer.Length, ct).ConfigureAwait(false);
+                }
+                finally
+                {
+                    _lock.Release();
+                }
+            }
+            var part = buffer[..(int)run.Length];
+            switch (run.Kind)
+            {
+                case RunKind.Data:
+                    await _file.ReadAsync(part, run.Host, ct).ConfigureAwait(false);
+                    break;
+                case RunKind.Zero:
+                    part.Span.Clear();
+                    break;
+                case RunKind.Unallocated:
+                    await ReadBackingAsync(part, offset, ct).ConfigureAwait(false);
+                    break;
+                case RunKind.Compressed:
+                    await ReadCompressedAsync(run.Entry, part, (int)(offset & (_cs - 1)), ct).ConfigureAwait(false);
+                    break;
+            }
+            buffer = buffer[(int)run.Length..];
+            offset += run.Length;
+        }
+    }
+
+    private async ValueTask ReadBackingAsync(Memory<byte> part, long offset, CancellationToken ct)
+    {
+        var backing = _backing;
+        if (backing == null || offset >= backing.Size)
+        {
+            part.Span.Clear();
+            return;
+        }
+        int n = (int)Math.Min(part.Length, backing.Size - offset);
+        await backing.ReadAsync(part[..n], offset, ct).ConfigureAwait(false);
+        part.Span[n..].Clear();
+    }
+
+    private async ValueTask ReadCompressedAsync(ulong entry, Memory<byte> dest, int inCluster, CancellationToken ct)
+    {
+        var (off, bytes) = ParseCompressed(entry);
+        if (off + bytes > _file.Length + CompressedSectorSize)
+            throw new CorruptImageException($"Compressed cluster at 0x{off:x} ({bytes} bytes) lies past the end of '{_file.Name}'");
+        byte[] src = ArrayPool<byte>.Shared.Rent(bytes);
+        byte[] cluster = ArrayPool<byte>.Shared.Rent(_cs);
+        try
+        {
+            await _file.ReadAsync(src.AsMemory(0, bytes), off, ct).ConfigureAwait(false);
+            try
+            {
+                Qcow2Compression.Decompress(_h.CompressionType, src.AsSpan(0, bytes), cluster.AsSpan(0, _cs));
+            }
+            catch (CorruptImageException e)
+            {
+                throw new CorruptImageException($"Could not decompress the cluster at host offset 0x{off:x} of '{_file.Name}': {e.Message}", e);
+            }
+            cluster.AsSpan(inCluster, dest.Length).CopyTo(dest.Span);
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(src);
+            ArrayPool<byte>.Shared.Return(cluster);
+        }
+    }
+}

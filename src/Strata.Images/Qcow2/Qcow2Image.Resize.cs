@@ -1,0 +1,193 @@
+using System.Buffers.Binary;
+using Strata.Images.Storage;
+using static Strata.Images.Qcow2.Qcow2Constants;
+
+namespace Strata.Images.Qcow2;
+
+public sealed partial class Qcow2Image
+{
+    public async ValueTask ResizeAsync(long newSize, bool allowShrink, Preallocation prealloc = Preallocation.Off, CancellationToken ct = default)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        CheckWritable();
+        if (newSize < 0 || (newSize & 511) != 0)
+            throw new ArgumentException($"Image size must be a multiple of 512 bytes ({newSize} requested for '{_file.Name}')");
+        if (newSize < _h.Size && !allowShrink)
+            throw new ImageException($"Use the --shrink option to perform a shrink operation on '{_file.Name}'");
+        if (newSize < _h.Size && _h.SnapshotCount > 0)
+            throw new ImageException($"Can't resize an image which has snapshots ('{_file.Name}')");
+        if (newSize < _h.Size && prealloc != Preallocation.Off)
+            throw new ImageException("Preallocation can't be used for shrinking an image");
+        if (L1EntriesFor(newSize) * 8 > MaxL1SizeBytes)
+            throw new ImageException($"The new size {newSize} needs an L1 table larger than {MaxL1SizeBytes} bytes ('{_file.Name}')");
+
+        long oldSize = _h.Size;
+        await _lock.WaitAsync(ct).ConfigureAwait(false);
+        try
+        {
+            if (newSize < oldSize)
+                await ShrinkLockedAsync(newSize, ct).ConfigureAwait(false);
+            else
+            {
+                long need = L1EntriesFor(newSize);
+                if (need > _l1.Length)
+                    await GrowL1LockedAsync((int)need, ct).ConfigureAwait(false);
+            }
+            _h.Size = newSize;
+            var b = new byte[8];
+            BinaryPrimitives.WriteUInt64BigEndian(b, (ulong)newSize);
+            await _file.WriteAsync(b, 24, ct).ConfigureAwait(false);
+            await _file.FlushAsync(ct).ConfigureAwait(false);
+        }
+        finally
+        {
+            _lock.Release();
+        }
+        if (newSize > oldSize && prealloc != Preallocation.Off)
+            await PreallocateAsync(oldSize, newSize, prealloc, ct).ConfigureAwait(false);
+    }
+
+    private long L1EntriesFor(long size) => _h.L1EntriesFor(size);
+
+    /// <summary>
+    /// Moves the L1 table to new, larger clusters (QEMU's qcow2_grow_l1_table with an exact size): the new table is
+    /// durable before the header points at it, and the old one is freed only afterwards.
+    /// </summary>
+    internal async ValueTask GrowL1LockedAsync(int newEntries, CancellationToken ct)
+    {
+        // Every L2 table the copied entries point at must be on disk first.
+        await FlushMetadataLockedAsync(ct).ConfigureAwait(false);
+        long bytes = newEntries * 8L;
+        long clusters = (bytes + _cs - 1) >> _cb;
+        long newOffset = await _rc.AllocateClustersAsync(clusters, ct).ConfigureAwait(false);
+        await _rc.WriteDirtyAsync(ct).ConfigureAwait(false);
+        var newL1 = new ulong[newEntries];
+        Array.Copy(_l1, newL1, _l1.Length);
+        var raw = new byte[bytes];
+        for (int i = 0; i < newEntries; i++)
+            BinaryPrimitives.WriteUInt64BigEndian(raw.AsSpan(i * 8), newL1[i]);
+        await _file.WriteAsync(raw, newOffset, ct).ConfigureAwait(false);
+        await _file.FlushAsync(ct).ConfigureAwait(false);
+
+        var hdr = new byte[12];
+        BinaryPrimitives.WriteUInt32BigEndian(hdr, (uint)newEntries);
+        BinaryPrimitives.WriteUInt64BigEndian(hdr.AsSpan(4), (ulong)newOffset);
+        await _file.WriteAsync(hdr, 36, ct).ConfigureAwait(false);
+        await _file.FlushAsync(ct).ConfigureAwait(false);
+
+        long oldOffset = _h.L1TableOffset;
+        long oldBytes = _l1.Length * 8L;
+        _l1 = newL1;
+        _h.L1Size = newEntries;
+        _h.L1TableOffset = newOffset;
+        if (oldOffset != 0 && oldBytes > 0)
+        {
+            long first = oldOffset >> _cb;
+            await _rc.UpdateAsync(first, ((oldOffset + oldBytes - 1) >> _cb) - first + 1, -1, ct).ConfigureAwait(false);
+            await _rc.WriteDirtyAsync(ct).ConfigureAwait(false);
+            await _file.FlushAsync(ct).ConfigureAwait(false);
+        }
+    }
+
+    private async ValueTask ShrinkLockedAsync(long newSize, CancellationToken ct)
+    {
+        // Drop every cluster past the new end (a full discard: nothing may read through afterwards).
+        long start = RoundUp(newSize, _cs);
+        for (long pos = start; pos < _h.Size; pos += _cs)
+        {
+            var t = await GetL2Async(pos, ct).ConfigureAwait(false);
+            if (t == null)
+                continue;
+            int idx = L2Index(pos);
+            ulong entry = GetL2Entry(t, idx);
+            if (entry == 0 && GetL2Bitmap(t, idx) == 0)
+                continue;
+            t = await GetL2ForWriteAsync(pos, ct).ConfigureAwait(false);
+            SetL2(t, idx, 0, 0);
+            FreeClusterEntry(entry);
+        }
+        // L2 tables wholly past the end go too; the L1 keeps its size, as in QEMU.
+        long keep = L1EntriesFor(newSize);
+        for (long i = keep; i < _l1.Length; i++)
+        {
+            long off = (long)(_l1[i] & L1OffsetMask);
+            if (off == 0)
+                continue;
+            _l1[i] = 0;
+            _dirtyL1.Add((int)i);
+            _rc.DeferFree(off, _cs);
+        }
+        await FlushMetadataLockedAsync(ct).ConfigureAwait(false);
+        // Give back trailing free space.
+        long last = await LastUsedClusterAsync(ct).ConfigureAwait(false);
+        long newLength = (last + 1) << _cb;
+        if (newLength < _file.Length)
+            await _file.SetLengthAsync(newLength, Preallocation.Off, ct).ConfigureAwait(false);
+    }
+
+    private async ValueTask<long> LastUsedClusterAsync(CancellationToken ct)
+    {
+        long clusters = (_file.Length + _cs - 1) >> _cb;
+        for (long c = clusters - 1; c > 0; c--)
+            if (await _rc.GetRefcountAsync(c, ct).ConfigureAwait(false) != 0)
+                return c;
+        return 0;
+    }
+
+    /// <summary>
+    /// Preallocates guest range [from, to): metadata (L2 tables and data clusters, all mapped), and for falloc/full
+    /// also the file space (full writes zeroes).
+    /// </summary>
+    internal async ValueTask PreallocateAsync(long from, long to, Preallocation mode, CancellationToken ct)
+    {
+        long hostEnd = 0;
+        await _lock.WaitAsync(ct).ConfigureAwait(false);
+        try
+        {
+            long pos = from & ~((long)_cs - 1);
+            while (pos < to)
+            {
+                var t = await GetL2ForWriteAsync(pos, ct).ConfigureAwait(false);
+                // As many clusters as fit in this L2 table, allocated contiguously like QEMU's handle_alloc.
+                long tableSpan = 1L << (_cb + _l2Bits);
+                long tableEnd = Math.Min(to, (pos & ~(tableSpan - 1)) + tableSpan);
+                long first = pos;
+                var todo = new List<int>();
+                for (long p = first; p < tableEnd; p += _cs)
+                {
+                    int i = L2Index(p);
+                    if ((GetL2Entry(t, i) & L2OffsetMask) == 0 && (GetL2Entry(t, i) & OflagCompressed) == 0)
+                        todo.Add(i);
+                }
+                int k = 0;
+                while (k < todo.Count)
+                {
+                    int n = 1;
+                    while (k + n < todo.Count && todo[k + n] == todo[k] + n)
+                        n++;
+                    long host = await _rc.AllocateClustersAsync(n, ct).ConfigureAwait(false);
+                    for (int j = 0; j < n; j++)
+                    {
+                        ulong bm = _ext ? SubclusterAllocMask : 0;
+                        SetL2(t, todo[k + j], (ulong)(host + ((long)j << _cb)) | OflagCopied, bm);
+                    }
+                    hostEnd = Math.Max(hostEnd, host + ((long)n << _cb));
+                    k += n;
+                }
+                pos = tableEnd;
+                await FlushIfCachesFullAsync(ct).ConfigureAwait(false);
+            }
+            // Data clusters must read as zero: extend the file over them before they are referenced.
+            if (hostEnd > _file.Length)
+            {
+                var fileMode = mode == Preallocation.Metadata ? Preallocation.Off : mode;
+                await _file.SetLengthAsync(hostEnd, fileMode, ct).ConfigureAwait(false);
+            }
+            await FlushMetadataLockedAsync(ct).ConfigureAwait(false);
+        }
+        finally
+        {
+            _lock.Release();
+        }
+    }
+}

@@ -1,0 +1,154 @@
+using System.Runtime.InteropServices;
+using Microsoft.Win32.SafeHandles;
+
+namespace Strata.Images.Storage;
+
+/// <summary>
+/// The libc calls .NET does not expose: open with O_DIRECT, fallocate, lseek SEEK_DATA/SEEK_HOLE,
+/// ftruncate without .NET's checks, fdatasync and statx. 64-bit Linux only (off_t is 64-bit there,
+/// so the plain symbol names take <see cref="long"/> offsets). Each wrapper returns 0 or an errno,
+/// retrying EINTR, so callers decide which errors are fatal.
+/// </summary>
+internal static unsafe partial class LinuxNative
+{
+    private const string Libc = "libc";
+
+    // Identical on x86_64 and aarch64 (asm-generic); O_DIRECT is the exception, see ODirect.
+    internal const int O_RDONLY = 0;
+    internal const int O_RDWR = 2;
+    internal const int O_CREAT = 0x40;
+    internal const int O_TRUNC = 0x200;
+    internal const int O_CLOEXEC = 0x80000;
+
+    internal const int FALLOC_FL_KEEP_SIZE = 0x01;
+    internal const int FALLOC_FL_PUNCH_HOLE = 0x02;
+    internal const int FALLOC_FL_ZERO_RANGE = 0x10;
+
+    internal const int SEEK_END = 2;
+    internal const int SEEK_DATA = 3;
+    internal const int SEEK_HOLE = 4;
+
+    internal const int EINTR = 4;
+    internal const int ENOENT = 2;
+    internal const int ENXIO = 6;
+    internal const int EINVAL = 22;
+    internal const int ENOSYS = 38;
+    internal const int EOPNOTSUPP = 95;
+
+    private const int AT_EMPTY_PATH = 0x1000;
+    internal const uint STATX_TYPE = 0x0001;
+    internal const uint STATX_BLOCKS = 0x0400;
+    internal const uint STATX_DIOALIGN = 0x2000;
+    internal const int S_IFMT = 0xF000;
+    internal const int S_IFDIR = 0x4000;
+
+    /// <summary>O_DIRECT differs per architecture: 0x4000 in asm-generic (x86, riscv, loongarch, s390),
+    /// 0x10000 on arm/arm64, 0x20000 on powerpc.</summary>
+    internal static int ODirect => RuntimeInformation.ProcessArchitecture switch
+    {
+        Architecture.Arm or Architecture.Arm64 or Architecture.Armv6 => 0x10000,
+        Architecture.Ppc64le => 0x20000,
+        _ => 0x4000,
+    };
+
+    /// <summary>struct statx from linux/stat.h; its layout is the same on every architecture (0x100 bytes).</summary>
+    [StructLayout(LayoutKind.Explicit, Size = 0x100)]
+    internal struct Statx
+    {
+        [FieldOffset(0x00)] public uint Mask;
+        [FieldOffset(0x1C)] public ushort Mode;
+        [FieldOffset(0x28)] public ulong Size;
+        [FieldOffset(0x30)] public ulong Blocks;
+        [FieldOffset(0x98)] public uint DioMemAlign;
+        [FieldOffset(0x9C)] public uint DioOffsetAlign;
+    }
+
+    [LibraryImport(Libc, EntryPoint = "open", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    private static partial int SysOpen(string path, int flags, uint mode);
+
+    [LibraryImport(Libc, EntryPoint = "fallocate", SetLastError = true)]
+    private static partial int SysFallocate(SafeFileHandle fd, int mode, long offset, long length);
+
+    [LibraryImport(Libc, EntryPoint = "lseek", SetLastError = true)]
+    private static partial long SysLseek(SafeFileHandle fd, long offset, int whence);
+
+    [LibraryImport(Libc, EntryPoint = "ftruncate", SetLastError = true)]
+    private static partial int SysFtruncate(SafeFileHandle fd, long length);
+
+    [LibraryImport(Libc, EntryPoint = "fdatasync", SetLastError = true)]
+    private static partial int SysFdatasync(SafeFileHandle fd);
+
+    [LibraryImport(Libc, EntryPoint = "statx", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    private static partial int SysStatx(SafeFileHandle dirfd, string path, int flags, uint mask, Statx* buffer);
+
+    /// <summary>open(2); returns the fd, or -errno.</summary>
+    internal static int Open(string path, int flags, uint mode)
+    {
+        while (true)
+        {
+            int fd = SysOpen(path, flags, mode);
+            if (fd >= 0)
+                return fd;
+            int errno = Marshal.GetLastPInvokeError();
+            if (errno != EINTR)
+                return -errno;
+        }
+    }
+
+    internal static int Fallocate(SafeFileHandle fd, int mode, long offset, long length)
+    {
+        while (true)
+        {
+            if (SysFallocate(fd, mode, offset, length) == 0)
+                return 0;
+            int errno = Marshal.GetLastPInvokeError();
+            if (errno != EINTR)
+                return errno;
+        }
+    }
+
+    /// <summary>lseek(2); returns the resulting offset, or -errno.</summary>
+    internal static long Lseek(SafeFileHandle fd, long offset, int whence)
+    {
+        long result = SysLseek(fd, offset, whence);
+        return result >= 0 ? result : -Marshal.GetLastPInvokeError();
+    }
+
+    internal static int Ftruncate(SafeFileHandle fd, long length)
+    {
+        while (true)
+        {
+            if (SysFtruncate(fd, length) == 0)
+                return 0;
+            int errno = Marshal.GetLastPInvokeError();
+            if (errno != EINTR)
+                return errno;
+        }
+    }
+
+    internal static int Fdatasync(SafeFileHandle fd)
+    {
+        while (true)
+        {
+            if (SysFdatasync(fd) == 0)
+                return 0;
+            int errno = Marshal.GetLastPInvokeError();
+            if (errno != EINTR)
+                return errno;
+        }
+    }
+
+    /// <summary>statx on the open file itself (AT_EMPTY_PATH).</summary>
+    internal static int Fstatx(SafeFileHandle fd, uint mask, out Statx result)
+    {
+        Statx buffer = default;
+        int errno = 0;
+        if (SysStatx(fd, "", AT_EMPTY_PATH, mask, &buffer) != 0)
+            errno = Marshal.GetLastPInvokeError();
+        result = buffer;
+        return errno;
+    }
+
+    /// <summary>strerror text ("No space left on device").</summary>
+    internal static string Describe(int errno) => Marshal.GetPInvokeErrorMessage(errno);
+}
