@@ -286,8 +286,6 @@ public sealed partial class Qcow2Image : IImage
             return null;
         if ((off & (_cs - 1)) != 0)
             throw await SignalCorruptionAsync($"L2 table offset 0x{off:x} unaligned (L1 index: 0x{i:x})").ConfigureAwait(false);
-        if (off + _cs > _file.Length + _cs)
-            throw await SignalCorruptionAsync($"L2 table offset 0x{off:x} lies past the end of the image file (L1 index: 0x{i:x})").ConfigureAwait(false);
         return await _l2Cache.GetAsync(off, ct).ConfigureAwait(false);
     }
 
