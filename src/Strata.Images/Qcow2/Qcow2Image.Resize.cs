@@ -22,7 +22,7 @@ public sealed partial class Qcow2Image
             throw new ImageException($"The new size {newSize} needs an L1 table larger than {MaxL1SizeBytes} bytes ('{_file.Name}')");
 
         long oldSize = _h.Size;
-        await _lock.WaitAsync(ct).ConfigureAwait(false);
+        await LockRangeAsync(0, oldSize, ct).ConfigureAwait(false);
         try
         {
             if (newSize < oldSize)
@@ -141,7 +141,7 @@ public sealed partial class Qcow2Image
     internal async ValueTask PreallocateAsync(long from, long to, Preallocation mode, CancellationToken ct)
     {
         long hostEnd = 0;
-        await _lock.WaitAsync(ct).ConfigureAwait(false);
+        await LockRangeAsync(from, to - from, ct).ConfigureAwait(false);
         try
         {
             long pos = from & ~((long)_cs - 1);

@@ -12,30 +12,50 @@ public sealed partial class Qcow2Image
         CheckWritable();
         while (data.Length > 0)
         {
-            long host;
-            int n;
+            long host = 0;
+            int n = 0;
+            AllocationPlan? plan = null;
+            Task? busy;
             await _lock.WaitAsync(ct).ConfigureAwait(false);
             try
             {
-                (host, n) = await FindInPlaceAsync(offset, data.Length, ct).ConfigureAwait(false);
-                if (n == 0)
+                busy = InflightOverlapping(offset, data.Length);
+                if (busy == null)
                 {
-                    // Allocation (or COW) needed: done entirely under the lock, one cluster at a time.
-                    n = (int)Math.Min(data.Length, _cs - (offset & (_cs - 1)));
-                    await AllocatingWriteAsync(data[..n], offset, ct).ConfigureAwait(false);
-                    await FlushIfCachesFullAsync(ct).ConfigureAwait(false);
-                }
-                else
-                {
-                    // Counted before the lock is dropped, so a flush cannot free these clusters under us.
-                    Interlocked.Increment(ref _inPlaceWrites);
+                    (host, n) = await FindInPlaceAsync(offset, data.Length, ct).ConfigureAwait(false);
+                    if (n > 0)
+                    {
+                        // Counted before the lock is dropped, so a flush cannot free these clusters under us.
+                        Interlocked.Increment(ref _inPlaceWrites);
+                    }
+                    else
+                    {
+                        plan = await PlanAllocationAsync(offset, data.Length, ct).ConfigureAwait(false);
+                        if (plan != null)
+                            n = plan.Length;
+                        else
+                        {
+                            // Copy-on-write from a shared, compressed or preallocated cluster: rare, done under the lock.
+                            n = (int)Math.Min(data.Length, _cs - (offset & (_cs - 1)));
+                            await AllocatingWriteAsync(data[..n], offset, ct).ConfigureAwait(false);
+                            await FlushIfCachesFullAsync(ct).ConfigureAwait(false);
+                        }
+                    }
                 }
             }
             finally
             {
                 _lock.Release();
             }
-            if (host != 0)
+            if (busy != null)
+            {
+                // Another request is allocating one of these clusters: wait for it, then look again.
+                await busy.WaitAsync(ct).ConfigureAwait(false);
+                continue;
+            }
+            if (plan != null)
+                await ExecuteAllocationAsync(plan, data[..n], offset, ct).ConfigureAwait(false);
+            else if (host != 0)
             {
                 try
                 {

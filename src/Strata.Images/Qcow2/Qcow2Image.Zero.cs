@@ -32,7 +32,7 @@ public sealed partial class Qcow2Image
                 await ZeroPartialGranuleAsync(offset, alignedStart - offset, flags, ct).ConfigureAwait(false);
             if (alignedStart < alignedEnd)
             {
-                await _lock.WaitAsync(ct).ConfigureAwait(false);
+                await LockRangeAsync(alignedStart, alignedEnd - alignedStart, ct).ConfigureAwait(false);
                 try
                 {
                     await MarkDirtyIfLazyAsync(ct).ConfigureAwait(false);
@@ -59,7 +59,7 @@ public sealed partial class Qcow2Image
         long gStart = offset & ~((long)g - 1);
         long gEnd = Math.Min(gStart + g, _h.Size);
         bool done = false;
-        await _lock.WaitAsync(ct).ConfigureAwait(false);
+        await LockRangeAsync(gStart, gEnd - gStart, ct).ConfigureAwait(false);
         try
         {
             var run = await GetRunAsync(gStart, gEnd - gStart, ct).ConfigureAwait(false);
@@ -179,7 +179,7 @@ public sealed partial class Qcow2Image
         long end = offset + length == _h.Size ? _h.Size : (offset + length) & ~((long)_cs - 1);
         if (start >= end)
             return;
-        await _lock.WaitAsync(ct).ConfigureAwait(false);
+        await LockRangeAsync(start, end - start, ct).ConfigureAwait(false);
         try
         {
             await MarkDirtyIfLazyAsync(ct).ConfigureAwait(false);
