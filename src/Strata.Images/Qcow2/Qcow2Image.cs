@@ -129,8 +129,12 @@ public sealed partial class Qcow2Image : IImage
         img._dirtyBitSet = h.IsDirty;
         try
         {
-            if (h.IsDirty && !file.IsReadOnly && !options.ForCheck)
-                await img.RepairDirtyAsync(ct).ConfigureAwait(false);
+            if (!file.IsReadOnly && !options.ForCheck)
+            {
+                if (h.IsDirty)
+                    await img.RepairDirtyAsync(ct).ConfigureAwait(false);
+                await img.PrepareForWritingAsync(ct).ConfigureAwait(false);
+            }
             if (options.OpenBacking != null && h.BackingFileName != null)
                 img._backing = await options.OpenBacking(h, ct).ConfigureAwait(false);
         }
@@ -140,6 +144,21 @@ public sealed partial class Qcow2Image : IImage
             throw;
         }
         return img;
+    }
+
+    /// <summary>
+    /// What QEMU does when it opens an image read-write: unknown autoclear bits are cleared (their features may
+    /// become stale), and persistent bitmaps are marked in use, since writes are not tracked in them.
+    /// </summary>
+    private async ValueTask PrepareForWritingAsync(CancellationToken ct)
+    {
+        if (_h.Version >= 3 && (_h.AutoclearFeatures & ~AutoclearKnownMask) != 0)
+        {
+            _h.AutoclearFeatures &= AutoclearKnownMask;
+            await WriteHeaderAsync(ct).ConfigureAwait(false);
+        }
+        if (_h.Bitmaps is { Count: > 0 } bitmaps)
+            await BitmapDirectory.MarkAllInUseAsync(_file, bitmaps, _cs, ct).ConfigureAwait(false);
     }
 
     /// <summary>Requests must lie inside the disk.</summary>

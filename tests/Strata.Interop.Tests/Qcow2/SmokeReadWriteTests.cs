@@ -71,6 +71,41 @@ public sealed class SmokeReadWriteTests
         Assert.True(expected.AsSpan().SequenceEqual(actual), "contents differ from qemu-img convert's");
     }
 
+    [Fact]
+    public async Task WritingAnImageWithPersistentBitmaps_MarksThemInUse()
+    {
+        QemuTools.RequireTools();
+        using var dir = new TempDir("smoke");
+        string path = dir.Combine("bm.qcow2");
+        QemuTools.QemuImg("create", "-q", "-f", "qcow2", path, "16M").EnsureSuccess();
+        QemuTools.QemuImg("bitmap", "--add", path, "b0").EnsureSuccess();
+        await using (var img = await ImageOpener.OpenAsync(path, new ImageOpenOptions()))
+            await img.WriteAsync(Fill(0x5a, 4096), 0);
+        var info = QemuTools.QemuImg("info", "--output=json", path).EnsureSuccess();
+        Assert.Contains("\"in-use\"", info.StdOut, StringComparison.Ordinal);
+        Assert.Equal(0, QemuTools.QemuImg("check", path).ExitCode);
+    }
+
+    [Fact]
+    public async Task UnknownAutoclearBits_AreClearedWhenOpenedForWriting()
+    {
+        QemuTools.RequireTools();
+        using var dir = new TempDir("smoke");
+        string path = dir.Combine("ac.qcow2");
+        QemuTools.QemuImg("create", "-q", "-f", "qcow2", path, "16M").EnsureSuccess();
+        await using (var f = File.OpenWrite(path))
+        {
+            f.Position = 88 + 7;
+            f.WriteByte(0x84); // unknown autoclear bits 2 and 7
+        }
+        await using (var img = await ImageOpener.OpenAsync(path, new ImageOpenOptions()))
+        {
+        }
+        var bytes = await File.ReadAllBytesAsync(path);
+        Assert.Equal(0, bytes[88 + 7]);
+        Assert.Equal(0, QemuTools.QemuImg("check", path).ExitCode);
+    }
+
     private static byte[] Fill(byte b, int n)
     {
         var a = new byte[n];
