@@ -5,22 +5,39 @@ namespace Strata.Images.Qcow2;
 /// <summary>One cached cluster-sized metadata table (an L2 table or a refcount block).</summary>
 internal sealed class CachedTable
 {
-    public CachedTable(long offset, byte[] data)
+    private readonly MetadataCache _owner;
+    private bool _dirty;
+
+    public CachedTable(MetadataCache owner, long offset, byte[] data)
     {
+        _owner = owner;
         Offset = offset;
         Data = data;
     }
 
     public long Offset { get; }
     public byte[] Data { get; }
-    public bool Dirty { get; set; }
+
+    public bool Dirty
+    {
+        get => _dirty;
+        set
+        {
+            if (_dirty != value)
+                _owner.DirtyCount += value ? 1 : -1;
+            _dirty = value;
+        }
+    }
+
     public long LastUse { get; set; }
 }
 
 /// <summary>
 /// A bounded write-back cache of metadata tables keyed by host offset. Not thread-safe: the owning image
-/// calls it only under its metadata lock. Dirty tables are never evicted; the image flushes them (in its
-/// crash-safe order) when the cache is over capacity, so capacity is a soft bound.
+/// calls it only under its metadata lock. Tables are evicted only by <see cref="Trim"/>, which the image calls
+/// when it releases the lock, so a table obtained under the lock stays cached as long as the lock is held.
+/// Dirty tables are never evicted; the image flushes them (in its crash-safe order) when too many are dirty,
+/// so capacity is a soft bound.
 /// </summary>
 internal sealed class MetadataCache
 {
@@ -39,28 +56,10 @@ internal sealed class MetadataCache
     public int Capacity { get; }
     public int Count => _tables.Count;
 
-    public bool HasDirty
-    {
-        get
-        {
-            foreach (var t in _tables.Values)
-                if (t.Dirty)
-                    return true;
-            return false;
-        }
-    }
+    public bool HasDirty => DirtyCount > 0;
 
-    public int DirtyCount
-    {
-        get
-        {
-            int n = 0;
-            foreach (var t in _tables.Values)
-                if (t.Dirty)
-                    n++;
-            return n;
-        }
-    }
+    /// <summary>Dirty tables, kept up to date by <see cref="CachedTable.Dirty"/>.</summary>
+    public int DirtyCount { get; internal set; }
 
     public async ValueTask<CachedTable> GetAsync(long offset, CancellationToken ct)
     {
@@ -90,25 +89,31 @@ internal sealed class MetadataCache
     public CachedTable? TryGet(long offset) => _tables.GetValueOrDefault(offset);
 
     /// <summary>Forgets a table whose cluster was freed (its contents must never be written back).</summary>
-    public void Discard(long offset) => _tables.Remove(offset);
+    public void Discard(long offset)
+    {
+        if (_tables.Remove(offset, out var t))
+            t.Dirty = false;
+    }
 
     private CachedTable Insert(long offset, byte[] data)
     {
-        if (_tables.Count >= Capacity)
-            EvictClean();
-        var t = new CachedTable(offset, data) { LastUse = ++_clock };
+        var t = new CachedTable(this, offset, data) { LastUse = ++_clock };
         _tables[offset] = t;
         return t;
     }
 
-    private void EvictClean()
+    /// <summary>Evicts least recently used clean tables until the cache is within capacity (or only dirty ones are left).</summary>
+    public void Trim()
     {
-        CachedTable? victim = null;
+        if (_tables.Count <= Capacity)
+            return;
+        var clean = new List<CachedTable>();
         foreach (var t in _tables.Values)
-            if (!t.Dirty && (victim == null || t.LastUse < victim.LastUse))
-                victim = t;
-        if (victim != null)
-            _tables.Remove(victim.Offset);
+            if (!t.Dirty)
+                clean.Add(t);
+        clean.Sort((a, b) => a.LastUse.CompareTo(b.LastUse));
+        for (int i = 0; i < clean.Count && _tables.Count > Capacity; i++)
+            _tables.Remove(clean[i].Offset);
     }
 
     /// <summary>Writes every dirty table (in offset order, so neighbouring tables go out together) and marks them clean.</summary>
@@ -128,5 +133,9 @@ internal sealed class MetadataCache
         }
     }
 
-    public void Clear() => _tables.Clear();
+    public void Clear()
+    {
+        _tables.Clear();
+        DirtyCount = 0;
+    }
 }

@@ -50,7 +50,7 @@ public sealed partial class Qcow2Image
             var busy = InflightOverlapping(offset, length);
             if (busy == null)
                 return;
-            _lock.Release();
+            Unlock();
             await busy.WaitAsync(ct).ConfigureAwait(false);
         }
     }
@@ -127,7 +127,7 @@ public sealed partial class Qcow2Image
             }
             finally
             {
-                _lock.Release();
+                Unlock();
             }
         }
         catch
@@ -144,7 +144,7 @@ public sealed partial class Qcow2Image
             }
             finally
             {
-                _lock.Release();
+                Unlock();
             }
             throw;
         }

@@ -17,7 +17,7 @@ public sealed partial class Qcow2Image
         }
         finally
         {
-            _lock.Release();
+            Unlock();
         }
     }
 

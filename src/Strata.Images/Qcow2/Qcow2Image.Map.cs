@@ -117,7 +117,7 @@ public sealed partial class Qcow2Image
         }
         finally
         {
-            _lock.Release();
+            Unlock();
         }
         return run.Kind switch
         {

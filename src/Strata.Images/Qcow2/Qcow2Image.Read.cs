@@ -31,7 +31,7 @@ public sealed partial class Qcow2Image
                 }
                 finally
                 {
-                    _lock.Release();
+                    Unlock();
                 }
             }
             var part = buffer[..(int)run.Length];

@@ -41,7 +41,7 @@ public sealed partial class Qcow2Image
         }
         finally
         {
-            _lock.Release();
+            Unlock();
         }
         if (newSize > oldSize && prealloc != Preallocation.Off)
             await PreallocateAsync(oldSize, newSize, prealloc, ct).ConfigureAwait(false);
@@ -187,7 +187,7 @@ public sealed partial class Qcow2Image
         }
         finally
         {
-            _lock.Release();
+            Unlock();
         }
     }
 }

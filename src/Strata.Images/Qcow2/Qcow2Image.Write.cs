@@ -45,7 +45,7 @@ public sealed partial class Qcow2Image
             }
             finally
             {
-                _lock.Release();
+                Unlock();
             }
             if (busy != null)
             {

@@ -40,7 +40,7 @@ public sealed partial class Qcow2Image
                 }
                 finally
                 {
-                    _lock.Release();
+                    Unlock();
                 }
             }
             if (alignedEnd < end)
@@ -73,7 +73,7 @@ public sealed partial class Qcow2Image
         }
         finally
         {
-            _lock.Release();
+            Unlock();
         }
         if (!done)
         {
@@ -226,7 +226,7 @@ public sealed partial class Qcow2Image
         }
         finally
         {
-            _lock.Release();
+            Unlock();
         }
     }
 }

@@ -161,6 +161,14 @@ public sealed partial class Qcow2Image : IImage
             await BitmapDirectory.MarkAllInUseAsync(_file, bitmaps, _cs, ct).ConfigureAwait(false);
     }
 
+    /// <summary>Releases the metadata lock; caches shrink back to their capacity first, when no table is in use.</summary>
+    private void Unlock()
+    {
+        _l2Cache.Trim();
+        _rc.Blocks.Trim();
+        _lock.Release();
+    }
+
     /// <summary>Requests must lie inside the disk.</summary>
     private void CheckRange(long offset, long length)
     {
