@@ -42,6 +42,9 @@ public sealed class Qcow2Header
     public byte[]? CryptoExtension { get; set; }
     public List<UnknownHeaderExtension> UnknownExtensions { get; } = [];
 
+    /// <summary>Feature names the image itself carries (type, bit) → name; used to name features Strata does not know.</summary>
+    public Dictionary<(byte Type, byte Bit), string> FeatureNames { get; } = [];
+
     /// <summary>Where the backing name was found (or will be written); 0 when there is none.</summary>
     public long BackingFileOffset { get; set; }
 
@@ -215,7 +218,14 @@ public sealed class Qcow2Header
                     BackingFormat = Encoding.UTF8.GetString(data);
                     break;
                 case ExtFeatureTable:
-                    break; // regenerated on every header write
+                    // Regenerated on every header write; the names are kept to report unknown features by name.
+                    for (int i = 0; i + 48 <= data.Length; i += 48)
+                    {
+                        var name = data.Slice(i + 2, 46);
+                        int nul = name.IndexOf((byte)0);
+                        FeatureNames[(data[i], data[i + 1])] = Encoding.UTF8.GetString(nul < 0 ? name : name[..nul]);
+                    }
+                    break;
                 case ExtBitmaps:
                     if (len != 24)
                         throw new CorruptImageException($"Bitmaps header extension has an invalid length {len} in '{fileName}'");
@@ -357,8 +367,11 @@ public sealed class Qcow2Header
         return t;
     }
 
-    /// <summary>Name of an incompatible feature bit as the feature table calls it.</summary>
-    public static string IncompatibleFeatureName(int bit) => bit switch
+    /// <summary>Name of an incompatible feature bit: the image's own feature table first, then QEMU's names.</summary>
+    public string IncompatibleFeatureName(int bit) =>
+        FeatureNames.TryGetValue((0, (byte)bit), out var n) ? n : KnownIncompatibleFeatureName(bit);
+
+    private static string KnownIncompatibleFeatureName(int bit) => bit switch
     {
         0 => "dirty bit",
         1 => "corrupt bit",

@@ -105,7 +105,7 @@ public sealed partial class Qcow2Image : IImage
             var names = new List<string>();
             for (int bit = 0; bit < 64; bit++)
                 if ((h.IncompatibleFeatures & ~IncompatKnownMask & (1UL << bit)) != 0)
-                    names.Add(Qcow2Header.IncompatibleFeatureName(bit));
+                    names.Add(h.IncompatibleFeatureName(bit));
             throw new UnsupportedFeatureException($"Unsupported qcow2 feature(s) in '{file.Name}': {string.Join(", ", names)}");
         }
         if (h.CryptMethod != 0)

@@ -11,6 +11,7 @@ public sealed class SmokeReadWriteTests
 {
     [Theory]
     [InlineData("")]
+    [InlineData("direct")]
     [InlineData("compat=0.10")]
     [InlineData("cluster_size=512,refcount_bits=1")]
     [InlineData("cluster_size=512,refcount_bits=64")]
@@ -22,8 +23,13 @@ public sealed class SmokeReadWriteTests
         QemuTools.RequireTools();
         using var dir = new TempDir("smoke");
         string path = dir.Combine("a.qcow2");
-        var o = CreateMatchesQemuImgTests.ParseOptions(opts) with { Size = 64L << 20 };
-        await using (var img = await Qcow2Creator.CreateAsync(FileStorage.Create(path, FileStorageOptions.Default), o))
+        bool direct = opts == "direct";
+        var o = CreateMatchesQemuImgTests.ParseOptions(direct ? "" : opts) with { Size = 64L << 20 };
+        await using (var created = await Qcow2Creator.CreateAsync(FileStorage.Create(path, FileStorageOptions.Default), o))
+        {
+        }
+        // cache.direct=on: every request reaches the file through O_DIRECT (aligned bounce buffers where needed).
+        await using (var img = await ImageOpener.OpenAsync(path, new ImageOpenOptions { Direct = direct }))
         {
             await img.WriteAsync(Fill(0x11, 4096), 0);
             await img.WriteAsync(Fill(0x22, 65536 * 3 + 100), 1 << 20 | 300);
