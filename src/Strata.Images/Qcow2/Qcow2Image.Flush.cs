@@ -50,10 +50,11 @@ public sealed partial class Qcow2Image
             await _file.FlushAsync(ct).ConfigureAwait(false);
         }
 
-        // 4. Only now is no on-disk table referencing the clusters we dropped: free them. Lock-free writes still
-        //    in flight may target such a cluster, so wait for a quiet moment (the next flush) in that case.
-        if (_rc.HasPendingFrees && Volatile.Read(ref _inPlaceWrites) == 0)
+        // 4. Only now is no on-disk table referencing the clusters we dropped: free them, once the reads and
+        //    writes that looked up their mapping before the lock was taken have finished with them.
+        if (_rc.HasPendingFrees)
         {
+            await WaitHostIoDrainedAsync().ConfigureAwait(false);
             await _rc.ApplyPendingFreesAsync(OnClusterFreed, ct).ConfigureAwait(false);
             if (!_dirtyBitSet)
             {
@@ -61,6 +62,29 @@ public sealed partial class Qcow2Image
                 await _file.FlushAsync(ct).ConfigureAwait(false);
             }
         }
+    }
+
+    private void BeginHostIo() => Interlocked.Increment(ref _hostIoInFlight);
+
+    private void EndHostIo()
+    {
+        if (Interlocked.Decrement(ref _hostIoInFlight) == 0)
+            Volatile.Read(ref _hostIoDrained)?.TrySetResult();
+    }
+
+    /// <summary>
+    /// Waits until no lock-free host I/O is running. Called with the lock held: no new such I/O can start
+    /// (its mapping needs the lock), so the count only goes down.
+    /// </summary>
+    private async ValueTask WaitHostIoDrainedAsync()
+    {
+        if (Volatile.Read(ref _hostIoInFlight) == 0)
+            return;
+        var drained = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        Volatile.Write(ref _hostIoDrained, drained);
+        if (Volatile.Read(ref _hostIoInFlight) != 0)
+            await drained.Task.ConfigureAwait(false);
+        Volatile.Write(ref _hostIoDrained, null);
     }
 
     private void OnClusterFreed(long host)

@@ -20,6 +20,7 @@ public sealed partial class Qcow2Image
         while (buffer.Length > 0)
         {
             Run run;
+            bool counted = false;
             if (lockHeld)
                 run = await GetRunAsync(offset, buffer.Length, ct).ConfigureAwait(false);
             else
@@ -28,6 +29,12 @@ public sealed partial class Qcow2Image
                 try
                 {
                     run = await GetRunAsync(offset, buffer.Length, ct).ConfigureAwait(false);
+                    if (run.Kind is RunKind.Data or RunKind.Compressed)
+                    {
+                        // A concurrent discard must not free (and let others reuse) the clusters we are about to read.
+                        BeginHostIo();
+                        counted = true;
+                    }
                 }
                 finally
                 {
@@ -35,23 +42,33 @@ public sealed partial class Qcow2Image
                 }
             }
             var part = buffer[..(int)run.Length];
-            switch (run.Kind)
+            try
             {
-                case RunKind.Data:
-                    await _file.ReadAsync(part, run.Host, ct).ConfigureAwait(false);
-                    break;
-                case RunKind.Zero:
-                    part.Span.Clear();
-                    break;
-                case RunKind.Unallocated:
-                    await ReadBackingAsync(part, offset, ct).ConfigureAwait(false);
-                    break;
-                case RunKind.Compressed:
-                    await ReadCompressedAsync(run.Entry, part, (int)(offset & (_cs - 1)), ct).ConfigureAwait(false);
-                    break;
+                await ReadRunAsync(run, part, offset, ct).ConfigureAwait(false);
+            }
+            finally
+            {
+                if (counted)
+                    EndHostIo();
             }
             buffer = buffer[(int)run.Length..];
             offset += run.Length;
+        }
+    }
+
+    private ValueTask ReadRunAsync(Run run, Memory<byte> part, long offset, CancellationToken ct)
+    {
+        switch (run.Kind)
+        {
+            case RunKind.Data:
+                return _file.ReadAsync(part, run.Host, ct);
+            case RunKind.Zero:
+                part.Span.Clear();
+                return ValueTask.CompletedTask;
+            case RunKind.Unallocated:
+                return ReadBackingAsync(part, offset, ct);
+            default:
+                return ReadCompressedAsync(run.Entry, part, (int)(offset & (_cs - 1)), ct);
         }
     }
 

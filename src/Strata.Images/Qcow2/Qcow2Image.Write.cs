@@ -26,7 +26,7 @@ public sealed partial class Qcow2Image
                     if (n > 0)
                     {
                         // Counted before the lock is dropped, so a flush cannot free these clusters under us.
-                        Interlocked.Increment(ref _inPlaceWrites);
+                        BeginHostIo();
                     }
                     else
                     {
@@ -63,7 +63,7 @@ public sealed partial class Qcow2Image
                 }
                 finally
                 {
-                    Interlocked.Decrement(ref _inPlaceWrites);
+                    EndHostIo();
                 }
             }
             data = data[n..];

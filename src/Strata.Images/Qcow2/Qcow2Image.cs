@@ -45,7 +45,8 @@ public sealed partial class Qcow2Image : IImage
     private readonly RefcountTable _rc;
     private readonly SemaphoreSlim _lock = new(1, 1);
     private IImage? _backing;
-    private int _inPlaceWrites;       // lock-free writes in flight; pending frees wait for them
+    private int _hostIoInFlight;      // reads and writes of mapped clusters running without the lock; frees wait for them
+    private TaskCompletionSource? _hostIoDrained;
     private bool _dirtyBitSet;
     private bool _disposed;
 
