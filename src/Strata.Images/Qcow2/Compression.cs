@@ -76,7 +76,8 @@ public static unsafe class Qcow2Compression
     /// <exception cref="CorruptImageException">The data is not a valid compressed cluster of this size.</exception>
     /// <exception cref="ArgumentOutOfRangeException">Unknown <paramref name="type"/>.</exception>
     /// <exception cref="ArgumentException"><paramref name="cluster"/> is empty.</exception>
-    public static void Decompress(CompressionType type, ReadOnlySpan<byte> compressed, Span<byte> cluster)
+    /// <returns>How many bytes of <paramref name="compressed"/> the decoder consumed.</returns>
+    public static int Decompress(CompressionType type, ReadOnlySpan<byte> compressed, Span<byte> cluster)
     {
         if (cluster.IsEmpty)
         {
@@ -88,11 +89,9 @@ public static unsafe class Qcow2Compression
             switch (type)
             {
                 case CompressionType.Zlib:
-                    ZlibDecompress(compressed, cluster);
-                    break;
+                    return ZlibDecompress(compressed, cluster);
                 case CompressionType.Zstd:
-                    ZstdDecompress(compressed, cluster);
-                    break;
+                    return ZstdDecompress(compressed, cluster);
                 default:
                     throw new ArgumentOutOfRangeException(nameof(type), type, "Unknown qcow2 compression type.");
             }
@@ -161,7 +160,7 @@ public static unsafe class Qcow2Compression
         }
     }
 
-    private static void ZlibDecompress(ReadOnlySpan<byte> src, Span<byte> dest)
+    private static int ZlibDecompress(ReadOnlySpan<byte> src, Span<byte> dest)
     {
         ZStream strm = default;
         int ret = InflateInit2(&strm, ZlibWindowBits);
@@ -186,7 +185,7 @@ public static unsafe class Qcow2Compression
                 // may go on past the end of the deflate stream (or the stream may go on past the cluster).
                 if ((ret == Z_STREAM_END || ret == Z_BUF_ERROR) && strm.avail_out == 0)
                 {
-                    return;
+                    return src.Length - (int)strm.avail_in;
                 }
 
                 int produced = dest.Length - (int)strm.avail_out;
@@ -257,7 +256,7 @@ public static unsafe class Qcow2Compression
         }
     }
 
-    private static void ZstdDecompress(ReadOnlySpan<byte> src, Span<byte> dest)
+    private static int ZstdDecompress(ReadOnlySpan<byte> src, Span<byte> dest)
     {
         ZSTD_DCtx_s* dctx = ZstdContexts.ForCurrentThread.DecompressionContext();
 
@@ -307,6 +306,8 @@ public static unsafe class Qcow2Compression
                 throw new CorruptImageException(
                     $"Compressed cluster (zstd) decodes to more than the cluster size of {dest.Length} bytes.");
             }
+
+            return checked((int)input.pos);
         }
     }
 

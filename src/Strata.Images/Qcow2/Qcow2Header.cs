@@ -112,6 +112,8 @@ public sealed class Qcow2Header
             uint hlen = BinaryPrimitives.ReadUInt32BigEndian(buf[100..]);
             if (hlen < V3MinHeaderLength)
                 throw new CorruptImageException($"qcow2 header too short in '{fileName}'");
+            if (hlen % 8 != 0)
+                throw new CorruptImageException($"qcow2 header length {hlen} is not a multiple of 8 in '{fileName}'");
             if (hlen > cs)
                 throw new CorruptImageException($"qcow2 header exceeds cluster size in '{fileName}'");
             if (hlen > buf.Length)
@@ -205,10 +207,11 @@ public sealed class Qcow2Header
             uint type = BinaryPrimitives.ReadUInt32BigEndian(buf[pos..]);
             uint len = BinaryPrimitives.ReadUInt32BigEndian(buf[(pos + 4)..]);
             pos += 8;
+            // QEMU checks the length before looking at the type, even for the end marker.
+            if (len > (uint)(end - pos))
+                throw new CorruptImageException($"Header extension too large: 0x{type:x8} claims {len} bytes in '{fileName}'");
             if (type == ExtEnd)
                 break;
-            if (len > (uint)(end - pos))
-                throw new CorruptImageException($"Header extension 0x{type:x8} is too large ({len} bytes) in '{fileName}'");
             var data = buf.Slice(pos, (int)len);
             switch (type)
             {

@@ -92,6 +92,7 @@ public sealed partial class Qcow2Image
         // A freed table must never be written back from the caches, nor served if the cluster is reused.
         _l2Cache.Discard(host);
         _rc.Blocks.Discard(host);
+        _metadata.Remove(host, _cs);
     }
 
     private async ValueTask WriteL1EntriesAsync(CancellationToken ct)

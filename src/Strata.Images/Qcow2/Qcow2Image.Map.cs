@@ -35,7 +35,8 @@ public sealed partial class Qcow2Image
         while (len < max)
         {
             idx = L2Index(pos);
-            var next = await ClassifyAsync(t, idx, 0, pos).ConfigureAwait(false);
+            // A subcluster run can end inside a cluster: continue from where it ended, not from the cluster start.
+            var next = await ClassifyAsync(t, idx, pos & (_cs - 1), pos).ConfigureAwait(false);
             if (next.Kind != first.Kind)
                 break;
             if (first.Kind == RunKind.Data && next.Host != first.Host + len)
@@ -57,6 +58,8 @@ public sealed partial class Qcow2Image
         {
             if ((entry & OflagCompressed) == 0 && (entry & L2StandardReservedMask) != 0)
                 throw await SignalCorruptionAsync($"L2 entry 0x{entry:x} has reserved bits set (guest offset: 0x{guestOffset:x})").ConfigureAwait(false);
+            if (_h.Version < 3 && (entry & (OflagCompressed | OflagZero)) == OflagZero)
+                throw await SignalCorruptionAsync($"Zero cluster entry found in pre-v3 image (guest offset: 0x{guestOffset:x})").ConfigureAwait(false);
             switch (TypeOf(entry))
             {
                 case ClusterType.Unallocated:

@@ -80,6 +80,9 @@ public sealed partial class Qcow2Image
         _l1 = newL1;
         _h.L1Size = newEntries;
         _h.L1TableOffset = newOffset;
+        if (oldBytes > 0)
+            _metadata.Remove(oldOffset, oldBytes);
+        _metadata.Add(newOffset, bytes, MetadataKind.ActiveL1);
         if (oldOffset != 0 && oldBytes > 0)
         {
             long first = oldOffset >> _cb;
@@ -104,7 +107,7 @@ public sealed partial class Qcow2Image
                 continue;
             t = await GetL2ForWriteAsync(pos, ct).ConfigureAwait(false);
             SetL2(t, idx, 0, 0);
-            FreeClusterEntry(entry);
+            await FreeClusterEntryAsync(entry, ct).ConfigureAwait(false);
         }
         // L2 tables wholly past the end go too; the L1 keeps its size, as in QEMU.
         long keep = L1EntriesFor(newSize);

@@ -116,6 +116,8 @@ public sealed partial class Qcow2Image
             len += chunk;
             pos += chunk;
         }
+        if (len > 0)
+            await CheckDataTargetAsync(firstHost, len, offset).ConfigureAwait(false);
         return (firstHost, (int)len);
     }
 
@@ -150,6 +152,8 @@ public sealed partial class Qcow2Image
         if (!_ext)
         {
             var type = TypeOf(entry);
+            if (type is ClusterType.Normal or ClusterType.ZeroAlloc && copied)
+                await CheckDataTargetAsync(oldHost, _cs, clusterStart).ConfigureAwait(false);
             if (type == ClusterType.Normal && copied)
             {
                 await _file.WriteAsync(data, oldHost + a, ct).ConfigureAwait(false);
@@ -166,7 +170,7 @@ public sealed partial class Qcow2Image
             long newHost = await _rc.AllocateClustersAsync(1, ct).ConfigureAwait(false);
             await WriteClusterImageAsync(newHost, 0, _cs, a, data, zeroFill: false, clusterStart, fresh: newHost >= fileEnd, ct).ConfigureAwait(false);
             SetL2(t, idx, (ulong)newHost | OflagCopied);
-            FreeClusterEntry(entry);
+            await FreeClusterEntryAsync(entry, ct).ConfigureAwait(false);
             return;
         }
 
@@ -182,11 +186,12 @@ public sealed partial class Qcow2Image
             long newHost = await _rc.AllocateClustersAsync(1, ct).ConfigureAwait(false);
             await WriteClusterImageAsync(newHost, 0, _cs, a, data, zeroFill: false, clusterStart, fresh: newHost >= fileEnd, ct).ConfigureAwait(false);
             SetL2(t, idx, (ulong)newHost | OflagCopied, SubclusterAllocMask);
-            FreeClusterEntry(entry);
+            await FreeClusterEntryAsync(entry, ct).ConfigureAwait(false);
             return;
         }
         if (oldHost != 0 && copied)
         {
+            await CheckDataTargetAsync(oldHost, _cs, clusterStart).ConfigureAwait(false);
             // Edges that fall in subclusters already allocated need no COW: the old bytes are in place.
             bool headOk = (a & (scs - 1)) == 0 || ((alloc >> (a >> _scBits)) & 1) != 0;
             bool tailOk = (b & (scs - 1)) == 0 || b == _cs || ((alloc >> ((b - 1) >> _scBits)) & 1) != 0;
@@ -213,7 +218,7 @@ public sealed partial class Qcow2Image
             long newHost = await _rc.AllocateClustersAsync(1, ct).ConfigureAwait(false);
             await WriteClusterImageAsync(newHost, 0, _cs, a, data, zeroFill: false, clusterStart, fresh: newHost >= fileEnd, ct).ConfigureAwait(false);
             SetL2(t, idx, (ulong)newHost | OflagCopied, (alloc | mask) | ((ulong)(zero & ~mask) << 32));
-            FreeClusterEntry(entry);
+            await FreeClusterEntryAsync(entry, ct).ConfigureAwait(false);
         }
     }
 
@@ -261,17 +266,46 @@ public sealed partial class Qcow2Image
     }
 
     /// <summary>Drops this layer's reference to the cluster an L2 entry pointed at (deferred until the new entry is durable).</summary>
-    private void FreeClusterEntry(ulong entry)
+    private async ValueTask FreeClusterEntryAsync(ulong entry, CancellationToken ct)
     {
         if ((entry & OflagCompressed) != 0)
         {
             var (off, bytes) = ParseCompressed(entry);
+            if (((off + bytes - 1) >> _cb) > (off >> _cb))
+            {
+                // The span crosses into another host cluster. QEMU's descriptors cover just the compressed
+                // stream, but a damaged one may claim sectors of a cluster it never counted: release only
+                // the clusters the stream really uses.
+                int used = await CompressedBytesUsedAsync(off, bytes, ct).ConfigureAwait(false);
+                bytes = (int)Math.Min(bytes, used + CompressedSectorSize);
+            }
             _rc.DeferFree(off, bytes);
             return;
         }
         long host = (long)(entry & L2OffsetMask);
         if (host != 0)
             _rc.DeferFree(host, _cs);
+    }
+
+    /// <summary>How many bytes of a compressed cluster's span its stream occupies (the whole span if it does not decode).</summary>
+    private async ValueTask<int> CompressedBytesUsedAsync(long off, int bytes, CancellationToken ct)
+    {
+        byte[] src = ArrayPool<byte>.Shared.Rent(bytes);
+        byte[] cluster = ArrayPool<byte>.Shared.Rent(_cs);
+        try
+        {
+            await _file.ReadAsync(src.AsMemory(0, bytes), off, ct).ConfigureAwait(false);
+            return Qcow2Compression.Decompress(_h.CompressionType, src.AsSpan(0, bytes), cluster.AsSpan(0, _cs));
+        }
+        catch (CorruptImageException)
+        {
+            return bytes;
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(src);
+            ArrayPool<byte>.Shared.Return(cluster);
+        }
     }
 
     /// <summary>The L2 table for a guest offset, allocated or copied (if shared with a snapshot) so that it can be changed.</summary>
@@ -297,6 +331,9 @@ public sealed partial class Qcow2Image
         }
         _l1[i] = (ulong)newL2 | OflagCopied;
         _dirtyL1.Add((int)i);
+        if (off != 0)
+            _metadata.Remove(off, MetadataKind.ActiveL2); // now only the snapshot's
+        _metadata.Add(newL2, _cs, MetadataKind.ActiveL2);
         return t;
     }
 

@@ -27,7 +27,7 @@ public sealed partial class Qcow2Image
             int g = AllocationGranularity;
             long end = offset + length;
             long alignedStart = Math.Min(end, RoundUp(offset, g));
-            long alignedEnd = Math.Max(alignedStart, end == _h.Size ? end : end & ~((long)g - 1));
+            long alignedEnd = Math.Max(alignedStart, end == Size ? end : end & ~((long)g - 1));
             if (offset < alignedStart)
                 await ZeroPartialGranuleAsync(offset, alignedStart - offset, flags, ct).ConfigureAwait(false);
             if (alignedStart < alignedEnd)
@@ -57,7 +57,7 @@ public sealed partial class Qcow2Image
     {
         int g = AllocationGranularity;
         long gStart = offset & ~((long)g - 1);
-        long gEnd = Math.Min(gStart + g, _h.Size);
+        long gEnd = Math.Min(gStart + g, Size);
         bool done = false;
         await LockRangeAsync(gStart, gEnd - gStart, ct).ConfigureAwait(false);
         try
@@ -123,7 +123,7 @@ public sealed partial class Qcow2Image
             int idx = L2Index(clusterStart);
             ulong entry = GetL2Entry(t, idx);
             ulong bitmap = GetL2Bitmap(t, idx);
-            bool whole = pos == clusterStart && (clusterEnd == clusterStart + _cs || clusterEnd == _h.Size);
+            bool whole = pos == clusterStart && (clusterEnd == clusterStart + _cs || clusterEnd == Size);
             if (!_ext)
             {
                 var type = TypeOf(entry);
@@ -133,7 +133,7 @@ public sealed partial class Qcow2Image
                 {
                     SetL2(t, idx, ne);
                     if (unmap)
-                        FreeClusterEntry(entry);
+                        await FreeClusterEntryAsync(entry, ct).ConfigureAwait(false);
                 }
             }
             else if (whole)
@@ -146,7 +146,7 @@ public sealed partial class Qcow2Image
                 {
                     SetL2(t, idx, ne, nb);
                     if (unmap)
-                        FreeClusterEntry(entry);
+                        await FreeClusterEntryAsync(entry, ct).ConfigureAwait(false);
                 }
             }
             else if ((entry & OflagCompressed) != 0)
@@ -176,7 +176,7 @@ public sealed partial class Qcow2Image
         CheckRange(offset, length);
         CheckWritable();
         long start = RoundUp(offset, _cs);
-        long end = offset + length == _h.Size ? _h.Size : (offset + length) & ~((long)_cs - 1);
+        long end = offset + length == Size ? Size : (offset + length) & ~((long)_cs - 1);
         if (start >= end)
             return;
         await LockRangeAsync(start, end - start, ct).ConfigureAwait(false);
@@ -220,7 +220,7 @@ public sealed partial class Qcow2Image
                 if ((_l1[L1Index(pos)] & OflagCopied) == 0)
                     t = await GetL2ForWriteAsync(pos, ct).ConfigureAwait(false);
                 SetL2(t, idx, ne, nb);
-                FreeClusterEntry(entry);
+                await FreeClusterEntryAsync(entry, ct).ConfigureAwait(false);
                 await FlushIfCachesFullAsync(ct).ConfigureAwait(false);
             }
         }

@@ -43,6 +43,7 @@ public sealed partial class Qcow2Image : IImage
     private readonly SortedSet<int> _dirtyL1 = [];
     private readonly MetadataCache _l2Cache;
     private readonly RefcountTable _rc;
+    private readonly MetadataMap _metadata;
     private readonly SemaphoreSlim _lock = new(1, 1);
     private IImage? _backing;
     private int _hostIoInFlight;      // reads and writes of mapped clusters running without the lock; frees wait for them
@@ -63,13 +64,15 @@ public sealed partial class Qcow2Image : IImage
         long l2Bytes = options.L2CacheSize ?? Math.Min(32L << 20, Math.Max((long)_cs * 2, (header.L1Size + 1L) * _cs));
         _l2Cache = new MetadataCache(file, _cs, (int)Math.Clamp(l2Bytes / _cs, 2, 1 << 20));
         long rcBytes = options.RefcountCacheSize ?? Math.Max(4L * _cs, 256 * 1024);
-        _rc = new RefcountTable(file, header, refTable, (int)Math.Clamp(rcBytes / _cs, 2, 1 << 20));
+        _metadata = new MetadataMap(_cb);
+        _rc = new RefcountTable(file, header, refTable, (int)Math.Clamp(rcBytes / _cs, 2, 1 << 20), _metadata);
     }
 
     public string FormatName => "qcow2";
     public string FileName => _file.Name;
     public IStorage Storage => _file;
-    public long Size => _h.Size;
+    /// <summary>Virtual size in whole 512-byte sectors, as QEMU sees it (a header size that is not a multiple of 512 is rounded down).</summary>
+    public long Size => _h.Size & ~511L;
     public bool IsReadOnly => _file.IsReadOnly;
     public IImage? Backing => _backing;
     public string? BackingFileName => _h.BackingFileName;
@@ -130,6 +133,7 @@ public sealed partial class Qcow2Image : IImage
         img._dirtyBitSet = h.IsDirty;
         try
         {
+            await img.BuildMetadataMapAsync(enforce: !file.IsReadOnly && !options.ForCheck, ct).ConfigureAwait(false);
             if (!file.IsReadOnly && !options.ForCheck)
             {
                 if (h.IsDirty)
@@ -170,12 +174,59 @@ public sealed partial class Qcow2Image : IImage
         _lock.Release();
     }
 
+    /// <summary>
+    /// Records where the metadata lives (and validates the snapshot table and bitmap directory, as QEMU does at
+    /// open). With <paramref name="enforce"/> (read-write) metadata structures that overlap each other are refused:
+    /// writing through them would destroy the image.
+    /// </summary>
+    private async ValueTask BuildMetadataMapAsync(bool enforce, CancellationToken ct)
+    {
+        var conflicts = new List<string>();
+        void Add(long offset, long bytes, MetadataKind kind, string what)
+        {
+            if (_metadata.Add(offset, bytes, kind) is { } other)
+                conflicts.Add($"{what} at 0x{offset:x} overlaps the {MetadataMap.Describe(other)}");
+        }
+        Add(0, _cs, MetadataKind.Header, "header");
+        Add(_h.L1TableOffset, _l1.Length * 8L, MetadataKind.ActiveL1, "active L1 table");
+        Add(_h.RefcountTableOffset, (long)_h.RefcountTableClusters * _cs, MetadataKind.RefcountTable, "refcount table");
+        var refTable = _rc.Table;
+        for (int i = 0; i < refTable.Count; i++)
+        {
+            long off = (long)(refTable[i] & RefTableOffsetMask);
+            if (off != 0 && off <= MaxHostOffset && (off & (_cs - 1)) == 0)
+                Add(off, _cs, MetadataKind.RefcountBlock, $"refcount block {i}");
+        }
+        for (int i = 0; i < _l1.Length; i++)
+        {
+            long off = (long)(_l1[i] & L1OffsetMask);
+            if (off != 0 && (off & (_cs - 1)) == 0)
+                Add(off, _cs, MetadataKind.ActiveL2, $"L2 table {i}");
+        }
+        if (_h.SnapshotCount > 0)
+        {
+            var snaps = await SnapshotTable.ReadAsync(_file, _h.SnapshotsOffset, _h.SnapshotCount, Size, ct: ct).ConfigureAwait(false);
+            Add(_h.SnapshotsOffset, snaps.Size, MetadataKind.SnapshotTable, "snapshot table");
+            foreach (var sn in snaps.Snapshots)
+                if (sn.L1TableOffset != 0 && sn.L1Size > 0 && sn.L1TableOffset <= (ulong)MaxHostOffset)
+                    Add((long)sn.L1TableOffset, sn.L1Size * 8L, MetadataKind.InactiveL1, $"L1 table of snapshot '{sn.Name}'");
+        }
+        if (_h.Bitmaps is { Count: > 0 } bitmaps)
+        {
+            // Parsed (and so validated) even for read-only opens, as QEMU does.
+            await BitmapDirectory.ReadAsync(_file, bitmaps, _cs, ct).ConfigureAwait(false);
+            Add((long)bitmaps.DirectoryOffset, (long)bitmaps.DirectorySize, MetadataKind.BitmapDirectory, "bitmap directory");
+        }
+        if (enforce && conflicts.Count > 0)
+            throw new CorruptImageException($"Metadata overlap in '{_file.Name}': {string.Join("; ", conflicts)}");
+    }
+
     /// <summary>Requests must lie inside the disk.</summary>
     private void CheckRange(long offset, long length)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
-        if (offset < 0 || length < 0 || offset > _h.Size || length > _h.Size - offset)
-            throw new ArgumentOutOfRangeException(nameof(offset), $"Request [{offset}, +{length}) lies outside the {_h.Size}-byte disk of '{_file.Name}'");
+        if (offset < 0 || length < 0 || offset > Size || length > Size - offset)
+            throw new ArgumentOutOfRangeException(nameof(offset), $"Request [{offset}, +{length}) lies outside the {Size}-byte disk of '{_file.Name}'");
     }
 
     private void CheckWritable()
@@ -314,6 +365,9 @@ public sealed partial class Qcow2Image : IImage
             return null;
         if ((off & (_cs - 1)) != 0)
             throw await SignalCorruptionAsync($"L2 table offset 0x{off:x} unaligned (L1 index: 0x{i:x})").ConfigureAwait(false);
+        // A table not in the cache must be on disk: one past the end of the file is a broken reference.
+        if (_l2Cache.TryGet(off) == null && off >= _file.Length)
+            throw await SignalCorruptionAsync($"L2 table offset 0x{off:x} lies past the end of the image file (L1 index: 0x{i:x})").ConfigureAwait(false);
         return await _l2Cache.GetAsync(off, ct).ConfigureAwait(false);
     }
 
@@ -326,5 +380,19 @@ public sealed partial class Qcow2Image : IImage
             if ((host & (_cs - 1)) != 0)
                 throw await SignalCorruptionAsync($"Cluster allocation offset 0x{host:x} unaligned (guest offset: 0x{guestOffset:x})").ConfigureAwait(false);
         }
+    }
+
+    /// <summary>
+    /// Before data is written into an existing host cluster: it must lie inside the file (every cluster a table
+    /// references was written before the reference) and must not be metadata.
+    /// </summary>
+    private async ValueTask CheckDataTargetAsync(long host, long length, long guestOffset)
+    {
+        // Only the cluster start must be inside: a fresh cluster is written sparsely (just the guest data).
+        if ((host & ~((long)_cs - 1)) >= _file.Length)
+            throw await SignalCorruptionAsync($"Data cluster at 0x{host & ~((long)_cs - 1):x} lies past the end of the image file (guest offset: 0x{guestOffset:x})").ConfigureAwait(false);
+        var overlap = _metadata.Overlap(host >> _cb, ((host + length - 1) >> _cb) - (host >> _cb) + 1);
+        if (overlap != null)
+            throw await SignalCorruptionAsync($"Preventing invalid write on metadata (overlaps with {overlap})").ConfigureAwait(false);
     }
 }

@@ -25,9 +25,12 @@ internal sealed class RefcountTable
     private long _freeClusterIndex;
     private long _freeByteOffset;
 
-    public RefcountTable(IStorage storage, Qcow2Header header, ulong[] table, int cacheTables)
+    private readonly MetadataMap _metadata;
+
+    public RefcountTable(IStorage storage, Qcow2Header header, ulong[] table, int cacheTables, MetadataMap metadata)
     {
         _storage = storage;
+        _metadata = metadata;
         _header = header;
         _clusterBits = header.ClusterBits;
         _clusterSize = header.ClusterSize;
@@ -99,9 +102,14 @@ internal sealed class RefcountTable
         ulong e = _table[ti];
         if ((e & RefTableReservedMask) != 0)
             throw new CorruptImageException($"Refcount table entry {ti} has reserved bits set (0x{e:x}) in '{_storage.Name}'");
-        long off = (long)(e & RefTableOffsetMask);
+        ulong raw = e & RefTableOffsetMask;
+        if (raw > (ulong)MaxHostOffset)
+            throw new CorruptImageException($"Refblock offset 0x{raw:x} is out of range (reftable index: 0x{ti:x}) in '{_storage.Name}'");
+        long off = (long)raw;
         if (off != 0 && (off & (_clusterSize - 1)) != 0)
             throw new CorruptImageException($"Refblock offset 0x{off:x} unaligned (reftable index: 0x{ti:x}) in '{_storage.Name}'");
+        if (off != 0 && off >= _storage.Length && Blocks.TryGet(off) == null)
+            throw new CorruptImageException($"Refblock offset 0x{off:x} lies past the end of the image file (reftable index: 0x{ti:x}) in '{_storage.Name}'");
         return off;
     }
 
@@ -139,7 +147,13 @@ internal sealed class RefcountTable
             if (start == 0)
                 throw new CorruptImageException($"Preventing invalid allocation of a cluster at offset 0 in '{_storage.Name}'");
             if (await UpdateAsync(start, count, 1, ct).ConfigureAwait(false))
+            {
+                // Free by the refcounts yet holding metadata: the refcounts are broken; never hand such a cluster out.
+                var overlap = _metadata.Overlap(start, count);
+                if (overlap != null)
+                    throw new CorruptImageException($"Preventing invalid allocation at 0x{start << _clusterBits:x}: the refcounts say it is free but it holds the {overlap} ('{_storage.Name}')");
                 return start << _clusterBits;
+            }
             // A refcount block was placed where we wanted to allocate: search again.
         }
     }
@@ -249,6 +263,9 @@ internal sealed class RefcountTable
         long newBlock = (await FindFreeAsync(1, ct).ConfigureAwait(false)) << _clusterBits;
         if (newBlock == 0)
             throw new CorruptImageException($"Preventing invalid allocation of refcount block at offset 0 in '{_storage.Name}'");
+        if (_metadata.Overlap(newBlock >> _clusterBits, 1) is { } used)
+            throw new CorruptImageException($"Preventing invalid allocation of a refcount block at 0x{newBlock:x}: it holds the {used} ('{_storage.Name}')");
+        _metadata.Add(newBlock, _clusterSize, MetadataKind.RefcountBlock);
 
         if ((newBlock >> (_clusterBits + _blockBits)) == tableIndex)
         {
@@ -341,6 +358,7 @@ internal sealed class RefcountTable
             else
             {
                 block = Blocks.GetEmpty(blockOffset);
+                _metadata.Add(blockOffset, _clusterSize, MetadataKind.RefcountBlock);
                 newTable[i] = (ulong)blockOffset;
                 blockOffset += _clusterSize;
             }
@@ -375,6 +393,8 @@ internal sealed class RefcountTable
         _dirtyTableEntries.Clear(); // the whole new table was just written
         _header.RefcountTableOffset = tableOffset;
         _header.RefcountTableClusters = (int)tableClusters;
+        _metadata.Remove(oldOffset, oldClusters * _clusterSize);
+        _metadata.Add(tableOffset, tableClusters * _clusterSize, MetadataKind.RefcountTable);
         // Nothing references the old table any more once the header switched: free it at once.
         await UpdateAsync(oldOffset >> _clusterBits, oldClusters, -1, ct).ConfigureAwait(false);
         return endOffset;
@@ -422,4 +442,14 @@ internal sealed class RefcountTable
 
     /// <summary>Resets the allocator's search start (after external changes such as a repair).</summary>
     public void ResetFreeIndex() => _freeClusterIndex = 0;
+
+    /// <summary>Takes a table the checker rewrote on disk; drops cached blocks and the allocator's position (clean state assumed).</summary>
+    public void ReplaceTable(ulong[] table)
+    {
+        _table = table;
+        _dirtyTableEntries.Clear();
+        Blocks.Clear();
+        _freeClusterIndex = 0;
+        _freeByteOffset = 0;
+    }
 }
