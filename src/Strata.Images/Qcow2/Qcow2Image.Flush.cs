@@ -8,7 +8,7 @@ public sealed partial class Qcow2Image
     public async ValueTask FlushAsync(CancellationToken ct = default)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
-        if (_file.IsReadOnly)
+        if (_readOnly)
             return;
         await _lock.WaitAsync(ct).ConfigureAwait(false);
         try

@@ -23,6 +23,15 @@ public sealed record Qcow2OpenOptions
 
     /// <summary>Open a dirty (lazy refcounts) or corrupt image without repairing or refusing it (for check).</summary>
     public bool ForCheck { get; init; }
+
+    /// <summary>Open read-only even when the storage is writable (a read-only node over a shared file node).</summary>
+    public bool ReadOnly { get; init; }
+
+    /// <summary>Whether disposing the image also disposes its storage (false when a block graph owns the file node).</summary>
+    public bool OwnsStorage { get; init; } = true;
+
+    /// <summary>Whether disposing the image also disposes its backing image (false when a block graph owns the backing node).</summary>
+    public bool OwnsBacking { get; init; } = true;
 }
 
 /// <summary>
@@ -49,6 +58,9 @@ public sealed partial class Qcow2Image : IImage
     private int _hostIoInFlight;      // reads and writes of mapped clusters running without the lock; frees wait for them
     private TaskCompletionSource? _hostIoDrained;
     private bool _dirtyBitSet;
+    private bool _ownsStorage = true;
+    private bool _readOnly;
+    private bool _ownsBacking = true;
     private bool _disposed;
 
     private Qcow2Image(IStorage file, Qcow2Header header, ulong[] l1, ulong[] refTable, Qcow2OpenOptions options)
@@ -73,8 +85,14 @@ public sealed partial class Qcow2Image : IImage
     public IStorage Storage => _file;
     /// <summary>Virtual size in whole 512-byte sectors, as QEMU sees it (a header size that is not a multiple of 512 is rounded down).</summary>
     public long Size => _h.Size & ~511L;
-    public bool IsReadOnly => _file.IsReadOnly;
+    public bool IsReadOnly => _readOnly;
     public IImage? Backing => _backing;
+
+    /// <summary>
+    /// Replaces the image used for unallocated ranges (not what the header names: see <see cref="Qcow2Header.BackingFileName"/>).
+    /// The caller drains I/O first; ownership follows <see cref="Qcow2OpenOptions.OwnsBacking"/>.
+    /// </summary>
+    public void SetBacking(IImage? backing) => _backing = backing;
     public string? BackingFileName => _h.BackingFileName;
     public string? BackingFormat => _h.BackingFormat;
     public int AllocationGranularity => _ext ? 1 << _scBits : _cs;
@@ -116,7 +134,7 @@ public sealed partial class Qcow2Image : IImage
             throw new UnsupportedFeatureException($"'{file.Name}' is encrypted (crypt_method {h.CryptMethod}); encrypted qcow2 images are not supported");
         if ((h.IncompatibleFeatures & IncompatDataFile) != 0 || h.ExternalDataFile != null)
             throw new UnsupportedFeatureException($"'{file.Name}' uses an external data file, which is not supported");
-        if (h.IsCorrupt && !file.IsReadOnly && !options.ForCheck)
+        if (h.IsCorrupt && !(options.ReadOnly || file.IsReadOnly) && !options.ForCheck)
             throw new CorruptImageException($"qcow2: Image is corrupt; cannot be opened read/write: '{file.Name}'");
 
         var refTable = await RefcountTable.LoadTableAsync(file, h, ct).ConfigureAwait(false);
@@ -129,12 +147,12 @@ public sealed partial class Qcow2Image : IImage
                 l1[i] = BinaryPrimitives.ReadUInt64BigEndian(raw.AsSpan(i * 8));
         }
 
-        var img = new Qcow2Image(file, h, l1, refTable, options);
+        var img = new Qcow2Image(file, h, l1, refTable, options) { _ownsStorage = options.OwnsStorage, _ownsBacking = options.OwnsBacking, _readOnly = options.ReadOnly || file.IsReadOnly };
         img._dirtyBitSet = h.IsDirty;
         try
         {
-            await img.BuildMetadataMapAsync(enforce: !file.IsReadOnly && !options.ForCheck, ct).ConfigureAwait(false);
-            if (!file.IsReadOnly && !options.ForCheck)
+            await img.BuildMetadataMapAsync(enforce: !img._readOnly && !options.ForCheck, ct).ConfigureAwait(false);
+            if (!img._readOnly && !options.ForCheck)
             {
                 if (h.IsDirty)
                     await img.RepairDirtyAsync(ct).ConfigureAwait(false);
@@ -231,7 +249,7 @@ public sealed partial class Qcow2Image : IImage
 
     private void CheckWritable()
     {
-        if (_file.IsReadOnly)
+        if (_readOnly)
             throw new ImageException($"'{_file.Name}' is opened read-only");
         if (_h.IsCorrupt)
             throw new CorruptImageException($"'{_file.Name}' is marked corrupt; repair it with check -r all");
@@ -241,7 +259,7 @@ public sealed partial class Qcow2Image : IImage
     private async ValueTask<CorruptImageException> SignalCorruptionAsync(string what)
     {
         var ex = new CorruptImageException($"qcow2: Marking image as corrupt: {what}; further corruption events will be suppressed ('{_file.Name}')");
-        if (!_file.IsReadOnly && !_h.IsCorrupt)
+        if (!_readOnly && !_h.IsCorrupt)
         {
             _h.IncompatibleFeatures |= IncompatCorrupt;
             try
@@ -265,15 +283,16 @@ public sealed partial class Qcow2Image : IImage
             return;
         try
         {
-            if (!_file.IsReadOnly && !_h.IsCorrupt)
+            if (!_readOnly && !_h.IsCorrupt)
                 await CloseCleanAsync().ConfigureAwait(false);
         }
         finally
         {
             _disposed = true;
-            if (_backing != null)
+            if (_backing != null && _ownsBacking)
                 await _backing.DisposeAsync().ConfigureAwait(false);
-            await _file.DisposeAsync().ConfigureAwait(false);
+            if (_ownsStorage)
+                await _file.DisposeAsync().ConfigureAwait(false);
             _lock.Dispose();
         }
     }

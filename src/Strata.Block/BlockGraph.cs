@@ -1,0 +1,294 @@
+using System.Text.Json.Nodes;
+using Strata.Block.Drivers;
+using Strata.Images;
+using Strata.Images.Format;
+
+namespace Strata.Block;
+
+/// <summary>
+/// The node graph: every open node by name, created from blockdev options (QMP blockdev-add, --blockdev) and
+/// removed by blockdev-del. Control-plane operations are serialised by the caller (one monitor at a time).
+/// </summary>
+public sealed class BlockGraph : IAsyncDisposable
+{
+    private readonly List<BlockNode> _nodes = []; // in order of creation
+    private int _autoNameCounter;
+
+    /// <summary>Nodes in creation order (children before the parents that were opened with them).</summary>
+    public IReadOnlyList<BlockNode> Nodes => _nodes;
+
+    public BlockNode? Find(string nodeName)
+    {
+        foreach (var n in _nodes)
+            if (n.NodeName == nodeName)
+                return n;
+        return null;
+    }
+
+    public BlockNode Get(string nodeName) =>
+        Find(nodeName) ?? throw new BlockException($"Cannot find device='{nodeName}' nor node-name='{nodeName}'", BlockErrorKind.NotFound);
+
+    /// <summary>blockdev-add: opens a node (and children given inline, and backing files named in headers).</summary>
+    public async ValueTask<BlockNode> AddAsync(JsonObject options, CancellationToken ct = default)
+    {
+        var opened = new List<BlockNode>();
+        try
+        {
+            return await OpenAsync(new BlockOptions(options), root: true, opened, ct).ConfigureAwait(false);
+        }
+        catch
+        {
+            // Nothing of a failed blockdev-add stays open.
+            for (int i = opened.Count - 1; i >= 0; i--)
+                await RemoveNodeAsync(opened[i]).ConfigureAwait(false);
+            throw;
+        }
+    }
+
+    private static readonly Dictionary<string, string> Drivers = new()
+    {
+        ["file"] = "file", ["qcow2"] = "qcow2", ["raw"] = "raw", ["null-co"] = "null-co",
+    };
+
+    private static readonly string[] KnownDrivers =
+    [
+        "blkdebug", "blklogwrites", "blkreplay", "blkverify", "bochs", "cloop", "compress", "copy-before-write", "copy-on-read",
+        "dmg", "file", "snapshot-access", "ftp", "ftps", "gluster", "host_cdrom", "host_device", "http", "https", "iscsi", "luks",
+        "nbd", "nfs", "null-aio", "null-co", "nvme", "parallels", "preallocate", "qcow", "qcow2", "qed", "quorum", "raw", "rbd",
+        "replication", "ssh", "throttle", "vdi", "vhdx", "vmdk", "vpc", "vvfat",
+    ];
+
+    private static readonly Dictionary<string, bool> DiscardModes = new() { ["ignore"] = false, ["off"] = false, ["unmap"] = true, ["on"] = true };
+    private static readonly Dictionary<string, DetectZeroes> DetectZeroesModes = new()
+    {
+        ["off"] = DetectZeroes.Off, ["on"] = DetectZeroes.On, ["unmap"] = DetectZeroes.Unmap,
+    };
+
+    private async ValueTask<BlockNode> OpenAsync(BlockOptions o, bool root, List<BlockNode> opened, CancellationToken ct,
+        BlockNodeSettings? inherited = null)
+    {
+        string driver = o.RequireString("driver");
+        if (!Array.Exists(KnownDrivers, d => d == driver))
+            throw new BlockException($"Parameter 'driver' does not accept value '{driver}'");
+        if (!Drivers.ContainsKey(driver))
+            throw new BlockException($"Driver '{driver}' is not supported by strata-daemon");
+
+        string? nodeName = o.GetString("node-name");
+        if (nodeName == null && root)
+            throw new BlockException("'node-name' must be specified for the root node");
+        if (nodeName != null)
+        {
+            CheckNodeName(nodeName);
+            if (Find(nodeName) != null)
+                throw new BlockException($"Duplicate nodes with node-name='{nodeName}'");
+        }
+
+        var cache = o.GetObject("cache");
+        bool? direct = cache?.GetBool("direct");
+        bool? noFlush = cache?.GetBool("no-flush");
+        cache?.EnsureAllRead();
+        var settings = new BlockNodeSettings
+        {
+            ReadOnly = o.GetBool("read-only") ?? inherited?.ReadOnly ?? false,
+            AutoReadOnly = o.GetBool("auto-read-only") ?? inherited?.AutoReadOnly ?? false,
+            ForceShare = o.GetBool("force-share") ?? false,
+            Direct = direct ?? inherited?.Direct ?? false,
+            NoFlush = noFlush ?? inherited?.NoFlush ?? false,
+            Unmap = o.GetEnum("discard", DiscardModes) ?? inherited?.Unmap ?? false,
+            DetectZeroes = o.GetEnum("detect-zeroes", DetectZeroesModes) ?? DetectZeroes.Off,
+        };
+        if (settings.ForceShare && !settings.ReadOnly)
+            throw new BlockException("force-share=on can only be used with read-only images");
+
+        bool autoNamed = nodeName == null;
+        BlockNode node;
+        switch (driver)
+        {
+            case "file":
+                node = FileNode.Open(nodeName ?? NextAutoName(), settings, autoNamed, o);
+                break;
+            case "null-co":
+                node = NullNode.Open(nodeName ?? NextAutoName(), settings, autoNamed, o);
+                break;
+            case "raw":
+            {
+                var file = await ChildAsync(o, "file", settings, opened, ct).ConfigureAwait(false);
+                long? offset = o.GetInt("offset");
+                long? size = o.GetInt("size");
+                if (offset is not (null or 0) || size != null)
+                    throw new BlockException("raw: 'offset' and 'size' are not supported by strata-daemon");
+                o.EnsureAllRead();
+                node = new RawNode(nodeName ?? NextAutoName(), settings, autoNamed, file);
+                AttachFormatChild(node, file, writable: !settings.ReadOnly, metadata: false);
+                break;
+            }
+            default: // qcow2
+            {
+                var file = await ChildAsync(o, "file", settings, opened, ct).ConfigureAwait(false);
+                bool hasBacking = o.Has("backing");
+                var backingOption = o.GetNode("backing");
+                var qcow = await Qcow2Node.OpenAsync(nodeName ?? NextAutoName(), settings, autoNamed, file, o, ct).ConfigureAwait(false);
+                node = qcow;
+                try
+                {
+                    AttachFormatChild(node, file, writable: !settings.ReadOnly, metadata: true);
+                    o.EnsureAllRead();
+                    BlockNode? backing = null;
+                    if (!hasBacking)
+                        backing = await OpenBackingFromHeaderAsync(qcow, settings, opened, ct).ConfigureAwait(false);
+                    else if (backingOption != null)
+                        backing = await ChildAsync(o, "backing", settings with { ReadOnly = true }, opened, ct, backingOption).ConfigureAwait(false);
+                    if (backing != null)
+                    {
+                        AttachBacking(qcow, backing);
+                    }
+                }
+                catch
+                {
+                    foreach (var e in node.Children.ToArray())
+                        e.Release();
+                    await node.CloseAsync().ConfigureAwait(false);
+                    throw;
+                }
+                break;
+            }
+        }
+        if (driver is "file" or "null-co")
+            o.EnsureAllRead();
+        _nodes.Add(node);
+        opened.Add(node);
+        return node;
+    }
+
+    /// <summary>Puts <paramref name="backing"/> behind a qcow2 node, with QEMU's permissions for a COW child.</summary>
+    public static void AttachBacking(Qcow2Node node, BlockNode backing)
+    {
+        // A backing child is read consistently; others may write to it (commit) but not resize it.
+        backing.AddParent(node, "backing", BlockPermissions.ConsistentRead,
+            BlockPermissions.ConsistentRead | BlockPermissions.Write | BlockPermissions.WriteUnchanged);
+        node.AttachBacking(backing);
+    }
+
+    private static void AttachFormatChild(BlockNode node, BlockNode file, bool writable, bool metadata)
+    {
+        var perm = BlockPermissions.ConsistentRead | (writable ? BlockPermissions.Write | BlockPermissions.Resize : 0);
+        // A format driver keeps metadata in its file: nobody else may write to it or resize it.
+        var shared = metadata
+            ? BlockPermissions.ConsistentRead | BlockPermissions.WriteUnchanged
+            : BlockPermissions.All;
+        file.AddParent(node, "file", perm, shared);
+    }
+
+    /// <summary>A child given as a node name (reference) or as inline options (a new, auto-named node).</summary>
+    private async ValueTask<BlockNode> ChildAsync(BlockOptions o, string key, BlockNodeSettings parent, List<BlockNode> opened,
+        CancellationToken ct, JsonNode? value = null)
+    {
+        value ??= o.GetNode(key);
+        if (value == null)
+            throw new BlockException($"Parameter '{key}' is missing");
+        if (value is JsonObject obj)
+            return await OpenAsync(new BlockOptions(obj, key + "."), root: false, opened, ct, parent).ConfigureAwait(false);
+        if (value is JsonValue v && v.TryGetValue<string>(out var name))
+            return Get(name);
+        throw new BlockException($"Invalid parameter type for '{key}', expected: object or string");
+    }
+
+    /// <summary>Opens the chain the header names (read-only, auto-named nodes), as QEMU does when "backing" is absent.</summary>
+    private async ValueTask<BlockNode?> OpenBackingFromHeaderAsync(Qcow2Node node, BlockNodeSettings settings, List<BlockNode> opened, CancellationToken ct)
+    {
+        string? name = node.Image.Header.BackingFileName;
+        if (name == null)
+            return null;
+        string path = ImageOpener.ResolveBackingPath(node.FileName, name);
+        var fileOptions = new JsonObject { ["driver"] = "file", ["filename"] = path };
+        string format = node.Image.Header.BackingFormat ?? await ProbeAsync(path, ct).ConfigureAwait(false);
+        var options = new JsonObject { ["driver"] = format, ["file"] = fileOptions, ["read-only"] = true };
+        try
+        {
+            return await OpenAsync(new BlockOptions(options), root: false, opened, ct, settings with { ReadOnly = true }).ConfigureAwait(false);
+        }
+        catch (BlockException e)
+        {
+            throw new BlockException($"Could not open backing file: {e.Message}", e.Kind, e);
+        }
+    }
+
+    private static async ValueTask<string> ProbeAsync(string path, CancellationToken ct)
+    {
+        try
+        {
+            await using var f = Images.Storage.FileStorage.Open(path, new Images.Storage.FileStorageOptions(ReadOnly: true));
+            return await ImageOpener.ProbeAsync(f, ct).ConfigureAwait(false);
+        }
+        catch (IOException e)
+        {
+            throw new BlockException($"Could not open backing file: Could not open '{path}': {e.Message}");
+        }
+    }
+
+    private string NextAutoName() => $"#block{_autoNameCounter++:D3}";
+
+    /// <summary>QEMU's rule: letters, digits, '-', '.', '_', starting with a letter, at most 31 characters.</summary>
+    private static void CheckNodeName(string name)
+    {
+        bool ok = name.Length > 0 && name.Length < 32 && char.IsAsciiLetter(name[0]);
+        foreach (char c in name)
+            ok &= char.IsAsciiLetterOrDigit(c) || c is '-' or '.' or '_';
+        if (!ok)
+            throw new BlockException("Invalid node-name: '" + name + "'");
+    }
+
+    /// <summary>blockdev-del: removes a node the monitor created, if nothing uses it.</summary>
+    public async ValueTask DeleteAsync(string nodeName)
+    {
+        var node = Find(nodeName) ?? throw new BlockException($"Failed to find node with node-name='{nodeName}'", BlockErrorKind.Generic);
+        foreach (var p in node.Parents)
+            if (p.Parent is not BlockNode)
+                throw new BlockException($"Node {nodeName} is in use");
+        if (node.IsAutoNamed)
+            throw new BlockException($"Node {nodeName} is not owned by the monitor");
+        if (node.Parents.Count > 0)
+            throw new BlockException($"Block device {nodeName} is in use");
+        await RemoveNodeAsync(node).ConfigureAwait(false);
+    }
+
+    /// <summary>Closes a node and, recursively, the auto-named children nobody else uses.</summary>
+    private async ValueTask RemoveNodeAsync(BlockNode node)
+    {
+        if (!_nodes.Contains(node))
+            return;
+        var children = node.Children.ToArray();
+        foreach (var e in children)
+            e.Release();
+        try
+        {
+            await node.CloseAsync().ConfigureAwait(false);
+        }
+        finally
+        {
+            _nodes.Remove(node);
+        }
+        foreach (var e in children)
+            if (e.Child.IsAutoNamed && e.Child.Parents.Count == 0)
+                await RemoveNodeAsync(e.Child).ConfigureAwait(false);
+    }
+
+    /// <summary>Flushes and closes every node, parents before children.</summary>
+    public async ValueTask DisposeAsync()
+    {
+        while (_nodes.Count > 0)
+        {
+            var top = _nodes.FindLast(n => !n.Parents.Any(p => p.Parent is BlockNode)) ?? _nodes[^1];
+            foreach (var p in top.Parents.ToArray())
+                p.Release();
+            try
+            {
+                await RemoveNodeAsync(top).ConfigureAwait(false);
+            }
+            catch (ImageException)
+            {
+                // Closing the rest matters more than one node's error at shutdown.
+            }
+        }
+    }
+}

@@ -1,0 +1,100 @@
+using Strata.Images;
+using Strata.Images.Format;
+using Strata.Images.Raw;
+using Strata.Images.Storage;
+
+namespace Strata.Block.Drivers;
+
+/// <summary>The "file" protocol driver: a host file, read and written as bytes.</summary>
+public sealed class FileNode : BlockNode
+{
+    private readonly RawImage _image;
+
+    private FileNode(string name, BlockNodeSettings settings, bool autoNamed, string filename, FileStorage storage)
+        : base(name, "file", settings, autoNamed)
+    {
+        _filename = filename;
+        _image = new RawImage(storage);
+    }
+
+    private readonly string _filename;
+
+    /// <summary>The host file's name as given in the options.</summary>
+    public override string FileName => _filename;
+    protected override IImage Inner => _image;
+
+    internal static FileNode Open(string name, BlockNodeSettings settings, bool autoNamed, BlockOptions o)
+    {
+        string filename = o.RequireString("filename");
+        o.GetEnum("locking", LockingModes);
+        o.GetEnum("aio", AioModes);
+        o.GetInt("aio-max-batch");
+        o.GetBool("drop-cache");
+        o.GetBool("x-check-cache-dropped");
+        if (o.GetString("pr-manager") != null)
+            throw new BlockException("persistent reservation managers are not supported");
+        o.EnsureAllRead();
+
+        bool readOnly = settings.ReadOnly;
+        FileStorage storage;
+        try
+        {
+            storage = FileStorage.Open(filename, new FileStorageOptions(readOnly, settings.Direct, settings.NoFlush));
+        }
+        catch (UnauthorizedAccessException) when (!readOnly && settings.AutoReadOnly)
+        {
+            // auto-read-only: fall back to read-only when the file cannot be opened for writing.
+            readOnly = true;
+            settings = settings with { ReadOnly = true };
+            storage = FileStorage.Open(filename, new FileStorageOptions(true, settings.Direct, settings.NoFlush));
+        }
+        catch (FileNotFoundException)
+        {
+            throw new BlockException($"Could not open '{filename}': No such file or directory");
+        }
+        catch (DirectoryNotFoundException)
+        {
+            throw new BlockException($"Could not open '{filename}': No such file or directory");
+        }
+        catch (UnauthorizedAccessException)
+        {
+            throw new BlockException($"Could not open '{filename}': Permission denied");
+        }
+        catch (IOException e)
+        {
+            throw new BlockException($"Could not open '{filename}': {e.Message}");
+        }
+        return new FileNode(name, settings, autoNamed, filename, storage);
+    }
+
+    private static readonly Dictionary<string, bool> LockingModes = new() { ["auto"] = true, ["on"] = true, ["off"] = false };
+    private static readonly Dictionary<string, int> AioModes = new() { ["threads"] = 0, ["native"] = 1, ["io_uring"] = 2 };
+
+    public override ValueTask CloseAsync() => _image.DisposeAsync();
+}
+
+/// <summary>The "null-co" driver: a disk of a given size that stores nothing (for benchmarks).</summary>
+public sealed class NullNode : BlockNode
+{
+    private readonly RawImage _image;
+
+    private NullNode(string name, BlockNodeSettings settings, bool autoNamed, long size, bool readZeroes)
+        : base(name, "null-co", settings, autoNamed) =>
+        _image = new RawImage(new NullStorage(size, readZeroes));
+
+    public override string FileName => "null-co://";
+    protected override IImage Inner => _image;
+
+    internal static NullNode Open(string name, BlockNodeSettings settings, bool autoNamed, BlockOptions o)
+    {
+        long size = o.GetInt("size") ?? 1L << 30;
+        o.GetInt("latency-ns");
+        bool readZeroes = o.GetBool("read-zeroes") ?? false;
+        o.EnsureAllRead();
+        if (size < 0)
+            throw new BlockException("size must be non-negative");
+        return new NullNode(name, settings, autoNamed, size, readZeroes);
+    }
+
+    public override ValueTask CloseAsync() => _image.DisposeAsync();
+}

@@ -1,0 +1,82 @@
+using Strata.Images;
+using Strata.Images.Format;
+using Strata.Images.Qcow2;
+using Strata.Images.Storage;
+
+namespace Strata.Block.Drivers;
+
+/// <summary>The "raw" format driver: its file child's bytes, unchanged.</summary>
+public sealed class RawNode : BlockNode
+{
+    private readonly BlockNode _file;
+
+    internal RawNode(string name, BlockNodeSettings settings, bool autoNamed, BlockNode file)
+        : base(name, "raw", settings, autoNamed) => _file = file;
+
+    public override string FileName => _file.FileName;
+    protected override IImage Inner => _file;
+    public override ValueTask CloseAsync() => ValueTask.CompletedTask;
+}
+
+/// <summary>The "qcow2" format driver over its file child's storage, reading unallocated ranges from its backing child.</summary>
+public sealed class Qcow2Node : BlockNode
+{
+    private readonly BlockNode _file;
+
+    private Qcow2Node(string name, BlockNodeSettings settings, bool autoNamed, BlockNode file, Qcow2Image image)
+        : base(name, "qcow2", settings, autoNamed)
+    {
+        _file = file;
+        Image = image;
+    }
+
+    public Qcow2Image Image { get; }
+    public override string FileName => _file.FileName;
+    protected override IImage Inner => Image;
+
+    internal static async ValueTask<Qcow2Node> OpenAsync(string name, BlockNodeSettings settings, bool autoNamed, BlockNode file,
+        BlockOptions o, CancellationToken ct)
+    {
+        long? cacheSize = o.GetInt("cache-size");
+        long? l2Cache = o.GetInt("l2-cache-size");
+        long? rcCache = o.GetInt("refcount-cache-size");
+        o.GetInt("l2-cache-entry-size");
+        o.GetInt("cache-clean-interval");
+        o.GetBool("lazy-refcounts");
+        o.GetBool("pass-discard-request");
+        o.GetBool("pass-discard-snapshot");
+        o.GetBool("pass-discard-other");
+        o.GetNode("overlap-check");
+        if (o.GetNode("encrypt") != null)
+            throw new BlockException("qcow2 encryption is not supported");
+        if (o.GetNode("data-file") != null)
+            throw new BlockException("qcow2 external data files are not supported");
+        if (cacheSize != null && l2Cache == null && rcCache == null)
+        {
+            // QEMU splits cache-size between the two caches; L2 gets most of it.
+            rcCache = Math.Max(cacheSize.Value / 5, 0);
+            l2Cache = cacheSize.Value - rcCache;
+        }
+        try
+        {
+            var image = await Qcow2Image.OpenAsync(file.Storage, new Qcow2OpenOptions
+            {
+                L2CacheSize = l2Cache,
+                RefcountCacheSize = rcCache,
+                OwnsStorage = false,
+                OwnsBacking = false,
+                ReadOnly = settings.ReadOnly,
+            }, ct).ConfigureAwait(false);
+            return new Qcow2Node(name, settings, autoNamed, file, image);
+        }
+        catch (ImageException e)
+        {
+            throw new BlockException(e.Message, BlockErrorKind.Generic, e);
+        }
+    }
+
+    /// <summary>Reads of unallocated ranges go to <paramref name="backing"/> (the caller has drained I/O).</summary>
+    internal void AttachBacking(BlockNode? backing) => Image.SetBacking(backing);
+
+    public override ValueTask CloseAsync() => Image.DisposeAsync();
+}
