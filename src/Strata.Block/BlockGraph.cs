@@ -29,12 +29,13 @@ public sealed class BlockGraph : IAsyncDisposable
         Find(nodeName) ?? throw new BlockException($"Cannot find device='{nodeName}' nor node-name='{nodeName}'", BlockErrorKind.NotFound);
 
     /// <summary>blockdev-add: opens a node (and children given inline, and backing files named in headers).</summary>
-    public async ValueTask<BlockNode> AddAsync(JsonObject options, CancellationToken ct = default)
+    /// <param name="keyval">The options come from a key=value command line (scalars are strings).</param>
+    public async ValueTask<BlockNode> AddAsync(JsonObject options, bool keyval = false, CancellationToken ct = default)
     {
         var opened = new List<BlockNode>();
         try
         {
-            return await OpenAsync(new BlockOptions(options), root: true, opened, ct).ConfigureAwait(false);
+            return await OpenAsync(new BlockOptions(options, "", keyval), root: true, opened, ct).ConfigureAwait(false);
         }
         catch
         {
@@ -187,7 +188,7 @@ public sealed class BlockGraph : IAsyncDisposable
         if (value == null)
             throw new BlockException($"Parameter '{key}' is missing");
         if (value is JsonObject obj)
-            return await OpenAsync(new BlockOptions(obj, key + "."), root: false, opened, ct, parent).ConfigureAwait(false);
+            return await OpenAsync(new BlockOptions(obj, key + ".", o.Keyval), root: false, opened, ct, parent).ConfigureAwait(false);
         if (value is JsonValue v && v.TryGetValue<string>(out var name))
             return Get(name);
         throw new BlockException($"Invalid parameter type for '{key}', expected: object or string");

@@ -13,11 +13,18 @@ public sealed class BlockOptions
     private readonly HashSet<string> _read = [];
     private readonly string _prefix;
 
-    public BlockOptions(JsonObject obj, string prefix = "")
+    /// <param name="keyval">
+    /// The options come from a command line's key=value form, where every scalar is a string: booleans and
+    /// integers are parsed from text, with QEMU's keyval messages.
+    /// </param>
+    public BlockOptions(JsonObject obj, string prefix = "", bool keyval = false)
     {
         _obj = obj;
         _prefix = prefix;
+        Keyval = keyval;
     }
+
+    public bool Keyval { get; }
 
     public JsonObject Raw => _obj;
 
@@ -51,6 +58,8 @@ public sealed class BlockOptions
             return null;
         if (v is JsonValue jv && jv.GetValueKind() is JsonValueKind.True or JsonValueKind.False)
             return jv.GetValue<bool>();
+        if (Keyval && v is JsonValue sv && sv.TryGetValue<string>(out var text))
+            return ParseKeyvalBool(text) ?? throw new BlockException($"Parameter '{Name(key)}' expects 'on' or 'off'");
         throw new BlockException($"Invalid parameter type for '{Name(key)}', expected: boolean");
     }
 
@@ -61,6 +70,10 @@ public sealed class BlockOptions
             return null;
         if (v is JsonValue jv && jv.GetValueKind() == JsonValueKind.Number && jv.TryGetValue<long>(out long l))
             return l;
+        if (Keyval && v is JsonValue sv && sv.TryGetValue<string>(out var text))
+            return long.TryParse(text, System.Globalization.NumberStyles.AllowLeadingSign, null, out long n)
+                ? n
+                : throw new BlockException($"Parameter '{Name(key)}' expects integer");
         throw new BlockException($"Invalid parameter type for '{Name(key)}', expected: integer");
     }
 
@@ -78,9 +91,17 @@ public sealed class BlockOptions
         if (v == null)
             return null;
         if (v is JsonObject o)
-            return new BlockOptions(o, Name(key) + ".");
+            return new BlockOptions(o, Name(key) + ".", Keyval);
         throw new BlockException($"Invalid parameter type for '{Name(key)}', expected: object");
     }
+
+    /// <summary>QEMU's qapi_bool_parse.</summary>
+    public static bool? ParseKeyvalBool(string text) => text switch
+    {
+        "on" or "yes" or "true" or "y" => true,
+        "off" or "no" or "false" or "n" => false,
+        _ => null,
+    };
 
     /// <summary>Every member must have been read by the driver: QEMU refuses the others.</summary>
     public void EnsureAllRead()

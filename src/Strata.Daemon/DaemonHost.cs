@@ -1,0 +1,165 @@
+using System.Runtime.InteropServices;
+using System.Text.Json.Nodes;
+using Microsoft.Extensions.Logging;
+using Strata.Block;
+using Strata.Daemon.Cli;
+using Strata.Server;
+
+namespace Strata.Daemon;
+
+/// <summary>Applies the command line to a <see cref="StorageDaemon"/>, in order, and runs until quit or a signal.</summary>
+internal sealed class DaemonHost
+{
+    private readonly DaemonCommandLine _cl;
+    private readonly ILoggerFactory _loggers;
+    private readonly ILogger _log;
+    private readonly TaskCompletionSource _stop = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private readonly List<string> _socketsToRemove = [];
+
+    public DaemonHost(DaemonCommandLine cl, ILoggerFactory loggers)
+    {
+        _cl = cl;
+        _loggers = loggers;
+        _log = loggers.CreateLogger("strata-daemon");
+    }
+
+    public void RequestStop() => _stop.TrySetResult();
+
+    public async Task<int> RunAsync()
+    {
+        await using var daemon = new StorageDaemon(_loggers);
+        var chardevs = new Dictionary<string, ChardevOption>();
+        try
+        {
+            foreach (var opt in _cl.Options)
+                await ApplyAsync(daemon, opt, chardevs).ConfigureAwait(false);
+        }
+        catch (CommandLineException e)
+        {
+            Console.Error.WriteLine($"strata-daemon: {e.Message}");
+            return 1;
+        }
+
+        if (_cl.PidFile != null)
+            await File.WriteAllTextAsync(_cl.PidFile, $"{Environment.ProcessId}\n").ConfigureAwait(false);
+
+        using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, Stop);
+        using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, Stop);
+        _log.LogInformation("strata-daemon ready");
+        await _stop.Task.ConfigureAwait(false);
+        _log.LogInformation("Shutting down: draining exports, flushing and closing images");
+
+        if (_cl.PidFile != null)
+            TryDelete(_cl.PidFile);
+        foreach (var s in _socketsToRemove)
+            TryDelete(s);
+        return 0;
+
+        void Stop(PosixSignalContext ctx)
+        {
+            ctx.Cancel = true;
+            RequestStop();
+        }
+    }
+
+    private static void TryDelete(string path)
+    {
+        try
+        {
+            File.Delete(path);
+        }
+        catch (IOException)
+        {
+        }
+    }
+
+    private async Task ApplyAsync(StorageDaemon daemon, DaemonOption opt, Dictionary<string, ChardevOption> chardevs)
+    {
+        try
+        {
+            switch (opt)
+            {
+                case BlockdevOption b:
+                    await daemon.Graph.AddAsync(b.Options, b.Keyval).ConfigureAwait(false);
+                    break;
+                case NbdServerOption n:
+                {
+                    var o = new BlockOptions(n.Options, "", keyval: true);
+                    var addr = o.GetObject("addr") ?? throw new BlockException("Parameter 'addr' is missing");
+                    string type = addr.RequireString("type");
+                    NbdAddress address = type switch
+                    {
+                        "unix" => new UnixNbdAddress(addr.RequireString("path")),
+                        "inet" => new InetNbdAddress(addr.RequireString("host"), int.Parse(addr.RequireString("port"), System.Globalization.CultureInfo.InvariantCulture)),
+                        _ => throw new BlockException($"Parameter 'addr.type' does not accept value '{type}'"),
+                    };
+                    addr.GetBool("abstract");
+                    addr.GetBool("tight");
+                    addr.GetBool("numeric");
+                    addr.GetBool("ipv4");
+                    addr.GetBool("ipv6");
+                    addr.EnsureAllRead();
+                    long max = o.GetInt("max-connections") ?? 0;
+                    if (o.GetString("tls-creds") != null || o.GetString("tls-authz") != null)
+                        throw new BlockException("TLS is not supported by strata-daemon");
+                    o.EnsureAllRead();
+                    if (address is UnixNbdAddress u)
+                    {
+                        TryDelete(u.Path);
+                        _socketsToRemove.Add(u.Path);
+                    }
+                    await daemon.StartNbdServerAsync(address, (int)max).ConfigureAwait(false);
+                    break;
+                }
+                case ExportOption e:
+                {
+                    var o = new BlockOptions(e.Options, "", e.Keyval);
+                    string type = o.RequireString("type");
+                    if (type != "nbd")
+                        throw new BlockException($"Parameter 'type' does not accept value '{type}'");
+                    var req = new ExportRequest(
+                        Id: o.RequireString("id"),
+                        NodeName: o.RequireString("node-name"),
+                        Name: o.GetString("name"),
+                        Description: o.GetString("description"),
+                        Writable: o.GetBool("writable") ?? false,
+                        AllocationDepth: o.GetBool("allocation-depth") ?? false,
+                        Writethrough: o.GetBool("writethrough") ?? false);
+                    if (o.GetNode("bitmaps") is JsonNode)
+                        throw new BlockException("Exporting dirty bitmaps is not supported yet");
+                    o.GetString("iothread");
+                    o.GetBool("fixed-iothread");
+                    o.EnsureAllRead();
+                    daemon.AddExport(req);
+                    break;
+                }
+                case ChardevOption c:
+                    if (chardevs.ContainsKey(c.Id))
+                        throw new BlockException($"attempt to add duplicate chardev '{c.Id}'");
+                    chardevs[c.Id] = c;
+                    break;
+                case MonitorOption m:
+                    if (!chardevs.TryGetValue(m.Chardev, out var dev))
+                        throw new BlockException($"chardev \"{m.Chardev}\" not found");
+                    StartMonitor(daemon, dev, m);
+                    break;
+                case ObjectOption:
+                    break; // no object types Strata needs yet (iothreads and secrets are accepted and ignored)
+            }
+        }
+        catch (BlockException ex)
+        {
+            throw new CommandLineException($"{opt.Text}: {ex.Message}");
+        }
+    }
+
+    private void StartMonitor(StorageDaemon daemon, ChardevOption dev, MonitorOption m)
+    {
+        if (dev.Path != null)
+        {
+            TryDelete(dev.Path);
+            _socketsToRemove.Add(dev.Path);
+        }
+        MonitorHost.Start(daemon, dev, m, this, _loggers);
+    }
+}

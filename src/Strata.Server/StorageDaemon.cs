@@ -1,0 +1,154 @@
+using System.Net;
+using System.Net.Sockets;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
+using Strata.Block;
+using Strata.Nbd;
+
+namespace Strata.Server;
+
+/// <summary>An event for monitors: name and data members, in QMP's terms but with no wire format.</summary>
+public sealed record DaemonEvent(string Name, IReadOnlyDictionary<string, object?> Data);
+
+/// <summary>
+/// The storage daemon's state, independent of any wire: the block graph, the NBD server and the exports, with
+/// qemu-storage-daemon's semantics and messages. The command line and QMP both drive it; control-plane calls are
+/// serialised by the caller.
+/// </summary>
+public sealed class StorageDaemon : IAsyncDisposable
+{
+    private readonly List<BlockExport> _exports = []; // in order of creation
+    private readonly ILoggerFactory _loggers;
+    private readonly ILogger _log;
+    private NbdServer? _nbd;
+
+    public StorageDaemon(ILoggerFactory? loggers = null)
+    {
+        _loggers = loggers ?? NullLoggerFactory.Instance;
+        _log = _loggers.CreateLogger("Strata.Server");
+    }
+
+    public BlockGraph Graph { get; } = new();
+    public NbdServer? Nbd => _nbd;
+    public IReadOnlyList<BlockExport> Exports => _exports;
+
+    /// <summary>Raised for QMP events (BLOCK_EXPORT_DELETED, ...).</summary>
+    public event Action<DaemonEvent>? EventRaised;
+
+    private void Raise(string name, params (string Key, object? Value)[] data)
+    {
+        var d = new Dictionary<string, object?>();
+        foreach (var (k, v) in data)
+            d[k] = v;
+        EventRaised?.Invoke(new DaemonEvent(name, d));
+    }
+
+    public async ValueTask StartNbdServerAsync(NbdAddress address, int maxConnections = 0, CancellationToken ct = default)
+    {
+        if (_nbd != null)
+            throw new BlockException("NBD server already running");
+        var server = new NbdServer(new NbdServerOptions { MaxConnections = maxConnections }, _loggers.CreateLogger("Strata.Nbd"));
+        try
+        {
+            switch (address)
+            {
+                case UnixNbdAddress u:
+                    server.AddUnixListener(u.Path);
+                    break;
+                case InetNbdAddress i:
+                    var ips = IPAddress.TryParse(i.Host, out var ip) ? [ip] : await Dns.GetHostAddressesAsync(i.Host, ct).ConfigureAwait(false);
+                    server.AddTcpListener(new IPEndPoint(ips[0], i.Port));
+                    break;
+            }
+            await server.StartAsync(ct).ConfigureAwait(false);
+        }
+        catch (SocketException e)
+        {
+            await server.DisposeAsync().ConfigureAwait(false);
+            throw new BlockException($"Failed to bind socket: {e.Message}");
+        }
+        _nbd = server;
+        _log.LogInformation("NBD server listening on {Address}", address);
+    }
+
+    public async ValueTask StopNbdServerAsync(CancellationToken ct = default)
+    {
+        var server = _nbd ?? throw new BlockException("NBD server not running");
+        foreach (var e in _exports.ToArray())
+            await RemoveExportCoreAsync(e, hard: true, ct).ConfigureAwait(false);
+        _nbd = null;
+        await server.StopAsync(ct).ConfigureAwait(false);
+        await server.DisposeAsync().ConfigureAwait(false);
+    }
+
+    public BlockExport AddExport(ExportRequest request)
+    {
+        var server = _nbd ?? throw new BlockException("NBD server not running");
+        if (_exports.Exists(e => e.Id == request.Id))
+            throw new BlockException($"Block export id '{request.Id}' is already in use");
+        var node = Graph.Find(request.NodeName)
+            ?? throw new BlockException($"Cannot find device='' nor node-name='{request.NodeName}'", BlockErrorKind.NotFound);
+        string name = request.Name ?? request.NodeName;
+        if (server.FindExport(name) != null)
+            throw new BlockException($"NBD server already has export named '{name}'");
+        if (request.Writable && node.IsReadOnly)
+            throw new BlockException("Cannot export read-only node as writable");
+        var perm = BlockPermissions.ConsistentRead | (request.Writable ? BlockPermissions.Write : 0);
+        var backend = new BlockBackend($"block device '{request.Id}'", node, perm, BlockPermissions.All);
+        try
+        {
+            var nbd = new NbdExport(name, backend, new NbdExportOptions
+            {
+                Description = request.Description,
+                Writable = request.Writable,
+                AllocationDepth = request.AllocationDepth,
+            });
+            server.AddExport(nbd);
+            var export = new BlockExport(request.Id, backend, nbd);
+            _exports.Add(export);
+            _log.LogInformation("Export '{Id}' of node '{Node}' as '{Name}' ({Mode})", request.Id, node.NodeName, name, request.Writable ? "writable" : "read-only");
+            return export;
+        }
+        catch
+        {
+            backend.Release();
+            throw;
+        }
+    }
+
+    public async ValueTask DeleteExportAsync(string id, bool hard = false, CancellationToken ct = default)
+    {
+        var export = _exports.Find(e => e.Id == id) ?? throw new BlockException($"Export '{id}' is not found");
+        if (!hard && _nbd != null && _nbd.GetClientCount(export.Nbd.Name) > 0)
+            throw new BlockException($"export '{id}' still in use");
+        await RemoveExportCoreAsync(export, hard, ct).ConfigureAwait(false);
+    }
+
+    private async ValueTask RemoveExportCoreAsync(BlockExport export, bool hard, CancellationToken ct)
+    {
+        export.ShuttingDown = true;
+        if (_nbd != null)
+            await _nbd.RemoveExportAsync(export.Nbd.Name, hard ? NbdExportRemoveMode.Hard : NbdExportRemoveMode.Safe, ct).ConfigureAwait(false);
+        await export.Backend.FlushAsync(ct).ConfigureAwait(false);
+        export.Backend.Release();
+        _exports.Remove(export);
+        Raise("BLOCK_EXPORT_DELETED", ("id", export.Id));
+    }
+
+    /// <summary>Shutdown: exports drained and removed, images flushed and closed, sockets closed.</summary>
+    public async ValueTask DisposeAsync()
+    {
+        if (_nbd != null)
+        {
+            try
+            {
+                await StopNbdServerAsync().ConfigureAwait(false);
+            }
+            catch (Exception e) when (e is BlockException or IOException)
+            {
+                _log.LogWarning("Stopping the NBD server: {Message}", e.Message);
+            }
+        }
+        await Graph.DisposeAsync().ConfigureAwait(false);
+    }
+}
