@@ -114,7 +114,8 @@ fi
 rm -rf "$RESULTS"
 mkdir -p "$RESULTS"
 
-mapfile -t PROJECTS < <(find tests -mindepth 2 -maxdepth 2 -name '*.csproj' | sort)
+# Only test projects (helpers such as tests/Strata.CrashWriter are plain programs the tests run).
+mapfile -t PROJECTS < <(grep -l '<IsTestProject>true</IsTestProject>' $(find tests -mindepth 2 -maxdepth 2 -name '*.csproj') | sort)
 if [[ ${#PROJECTS[@]} -eq 0 ]]; then
   echo "test.sh: no test projects under tests/" >&2
   exit 1
