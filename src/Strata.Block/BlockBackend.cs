@@ -156,6 +156,7 @@ public sealed class BlockBackend : IImage, IBlockParent
             throw new ImageException($"{Description} is not writable");
     }
 
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder))]
     public async ValueTask ReadAsync(Memory<byte> buffer, long offset, CancellationToken ct = default)
     {
         await BeginAsync(ct).ConfigureAwait(false);
@@ -163,6 +164,7 @@ public sealed class BlockBackend : IImage, IBlockParent
         finally { End(); }
     }
 
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder))]
     public async ValueTask WriteAsync(ReadOnlyMemory<byte> data, long offset, WriteFlags flags = WriteFlags.None, CancellationToken ct = default)
     {
         CheckWrite();
@@ -171,6 +173,7 @@ public sealed class BlockBackend : IImage, IBlockParent
         finally { End(); }
     }
 
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder))]
     public async ValueTask WriteZeroesAsync(long offset, long length, ZeroFlags flags = ZeroFlags.None, CancellationToken ct = default)
     {
         CheckWrite();
@@ -179,6 +182,7 @@ public sealed class BlockBackend : IImage, IBlockParent
         finally { End(); }
     }
 
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder))]
     public async ValueTask DiscardAsync(long offset, long length, CancellationToken ct = default)
     {
         CheckWrite();
@@ -187,6 +191,7 @@ public sealed class BlockBackend : IImage, IBlockParent
         finally { End(); }
     }
 
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder))]
     public async ValueTask FlushAsync(CancellationToken ct = default)
     {
         await BeginAsync(ct).ConfigureAwait(false);
@@ -194,6 +199,7 @@ public sealed class BlockBackend : IImage, IBlockParent
         finally { End(); }
     }
 
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder<>))]
     public async ValueTask<BlockStatus> GetBlockStatusAsync(long offset, long length, CancellationToken ct = default)
     {
         await BeginAsync(ct).ConfigureAwait(false);

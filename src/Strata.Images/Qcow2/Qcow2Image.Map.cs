@@ -15,6 +15,7 @@ public sealed partial class Qcow2Image
     /// How this layer maps the guest range starting at <paramref name="offset"/> (at most <paramref name="max"/> bytes):
     /// one run of the same kind (and contiguous host offsets for data), never crossing an L2 table. Caller holds the lock.
     /// </summary>
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder<>))]
     private async ValueTask<Run> GetRunAsync(long offset, long max, CancellationToken ct)
     {
         long tableSpan = 1L << (_cb + _l2Bits);
@@ -50,6 +51,7 @@ public sealed partial class Qcow2Image
     }
 
     /// <summary>The run that starts <paramref name="inCluster"/> bytes into cluster <paramref name="idx"/> and ends at the end of that cluster (or of a subcluster run).</summary>
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder<>))]
     private async ValueTask<Run> ClassifyAsync(CachedTable t, int idx, long inCluster, long guestOffset)
     {
         ulong entry = GetL2Entry(t, idx);
@@ -107,6 +109,7 @@ public sealed partial class Qcow2Image
         return new Run(kind, len, runHost, 0);
     }
 
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder<>))]
     public async ValueTask<BlockStatus> GetBlockStatusAsync(long offset, long length, CancellationToken ct = default)
     {
         CheckRange(offset, length);

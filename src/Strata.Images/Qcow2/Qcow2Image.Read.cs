@@ -15,6 +15,7 @@ public sealed partial class Qcow2Image
     /// The guest view of this layer and its backing chain. With <paramref name="lockHeld"/> the caller already
     /// holds the metadata lock (copy-on-write reads the old contents this way).
     /// </summary>
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder))]
     private async ValueTask ReadCoreAsync(Memory<byte> buffer, long offset, bool lockHeld, CancellationToken ct)
     {
         while (buffer.Length > 0)
@@ -72,6 +73,7 @@ public sealed partial class Qcow2Image
         }
     }
 
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder))]
     private async ValueTask ReadBackingAsync(Memory<byte> part, long offset, CancellationToken ct)
     {
         var backing = _backing;

@@ -6,6 +6,7 @@ namespace Strata.Images.Qcow2;
 
 public sealed partial class Qcow2Image
 {
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder))]
     public async ValueTask WriteAsync(ReadOnlyMemory<byte> data, long offset, WriteFlags flags = WriteFlags.None, CancellationToken ct = default)
     {
         CheckRange(offset, data.Length);
