@@ -13,13 +13,12 @@ public sealed partial class Qcow2Image
     /// at <see cref="ClusterStart"/>: refcounts are taken and the clusters marked in flight under the lock; the data
     /// is written without it; the L2 entries are published under the lock afterwards.
     /// </summary>
-    private sealed class AllocationPlan(long clusterStart, int clusters, long host, int length, bool fresh)
+    private sealed class AllocationPlan(long clusterStart, int clusters, long host, int length)
     {
         public long ClusterStart { get; } = clusterStart;
         public int Clusters { get; } = clusters;
         public long Host { get; } = host;
         public int Length { get; } = length;
-        public bool Fresh { get; } = fresh;
         public TaskCompletionSource Done { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
     }
 
@@ -73,10 +72,9 @@ public sealed partial class Qcow2Image
         if (k == 0)
             return null;
         await MarkDirtyIfLazyAsync(ct).ConfigureAwait(false);
-        long fileEnd = _file.Length;
         long host = await _rc.AllocateClustersAsync(k, ct).ConfigureAwait(false);
         int len = (int)Math.Min(length, clusterStart + ((long)k << _cb) - offset);
-        var plan = new AllocationPlan(clusterStart, k, host, len, host >= fileEnd);
+        var plan = new AllocationPlan(clusterStart, k, host, len);
         for (int j = 0; j < k; j++)
             _inflight[(clusterStart >> _cb) + j] = plan.Done.Task;
         return plan;
@@ -100,9 +98,7 @@ public sealed partial class Qcow2Image
             int g = _ext ? 1 << _scBits : _cs;
             int headStart = a / g * g;
             int tailEnd = (int)Math.Min(regionEnd, ((long)b + g - 1) / g * g);
-            await WriteEdgeAsync(plan, headStart, a, ct).ConfigureAwait(false);
-            await _file.WriteAsync(data, plan.Host + a, ct).ConfigureAwait(false);
-            await WriteEdgeAsync(plan, b, tailEnd, ct).ConfigureAwait(false);
+            await WriteWithCopyOnWriteAsync(plan, headStart, a, data, tailEnd, ct).ConfigureAwait(false);
 
             await _lock.WaitAsync(ct).ConfigureAwait(false);
             try
@@ -157,21 +153,41 @@ public sealed partial class Qcow2Image
         plan.Done.TrySetResult();
     }
 
-    /// <summary>Copies bytes [from, to) of the planned region from this layer's old view (backing or zeroes) into the new clusters.</summary>
-    private async ValueTask WriteEdgeAsync(AllocationPlan plan, int from, int to, CancellationToken ct)
+    /// <summary>
+    /// Writes the data and the copy-on-write edges [headStart, a) and [b, tailEnd) read from this layer's old view
+    /// (backing or zeroes). When the edges read as zero, the whole new range is zeroed instead and only the data
+    /// written, as QEMU's handle_alloc_space does (so file length and allocation match QEMU's).
+    /// </summary>
+    private async ValueTask WriteWithCopyOnWriteAsync(AllocationPlan plan, int headStart, int a, ReadOnlyMemory<byte> data, int tailEnd, CancellationToken ct)
     {
-        if (from >= to)
+        int b = a + data.Length;
+        int headLen = a - headStart, tailLen = tailEnd - b;
+        if (headLen == 0 && tailLen == 0)
+        {
+            await _file.WriteAsync(data, plan.Host + a, ct).ConfigureAwait(false);
             return;
-        int len = to - from;
-        byte[] buf = ArrayPool<byte>.Shared.Rent(len);
+        }
+        byte[] buf = ArrayPool<byte>.Shared.Rent(headLen + tailLen);
         try
         {
-            var mem = buf.AsMemory(0, len);
-            // The L2 entries still show the old mapping, so this reads what the guest saw before the write.
-            await ReadCoreAsync(mem, plan.ClusterStart + from, lockHeld: false, ct).ConfigureAwait(false);
-            if (plan.Fresh && !mem.Span.ContainsAnyExcept((byte)0))
-                return; // the new cluster lies past the old end of file and reads as zero already
-            await _file.WriteAsync(mem, plan.Host + from, ct).ConfigureAwait(false);
+            var head = buf.AsMemory(0, headLen);
+            var tail = buf.AsMemory(headLen, tailLen);
+            // The L2 entries still show the old mapping, so these read what the guest saw before the write.
+            if (headLen > 0)
+                await ReadCoreAsync(head, plan.ClusterStart + headStart, lockHeld: false, ct).ConfigureAwait(false);
+            if (tailLen > 0)
+                await ReadCoreAsync(tail, plan.ClusterStart + b, lockHeld: false, ct).ConfigureAwait(false);
+            if (!buf.AsSpan(0, headLen + tailLen).ContainsAnyExcept((byte)0))
+            {
+                await _file.WriteZeroesAsync(plan.Host, (long)plan.Clusters << _cb, mayUnmap: false, ct).ConfigureAwait(false);
+                await _file.WriteAsync(data, plan.Host + a, ct).ConfigureAwait(false);
+                return;
+            }
+            if (headLen > 0)
+                await _file.WriteAsync(head, plan.Host + headStart, ct).ConfigureAwait(false);
+            await _file.WriteAsync(data, plan.Host + a, ct).ConfigureAwait(false);
+            if (tailLen > 0)
+                await _file.WriteAsync(tail, plan.Host + b, ct).ConfigureAwait(false);
         }
         finally
         {

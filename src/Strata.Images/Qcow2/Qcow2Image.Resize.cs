@@ -143,6 +143,11 @@ public sealed partial class Qcow2Image
     /// </summary>
     internal async ValueTask PreallocateAsync(long from, long to, Preallocation mode, CancellationToken ct)
     {
+        if (mode is Preallocation.Falloc or Preallocation.Full)
+        {
+            await PreallocateFileAsync(from, to, mode, ct).ConfigureAwait(false);
+            return;
+        }
         long hostEnd = 0;
         await LockRangeAsync(from, to - from, ct).ConfigureAwait(false);
         try
@@ -169,11 +174,10 @@ public sealed partial class Qcow2Image
                     while (k + n < todo.Count && todo[k + n] == todo[k] + n)
                         n++;
                     long host = await _rc.AllocateClustersAsync(n, ct).ConfigureAwait(false);
+                    // With extended L2 the space is reserved but no subcluster is allocated (as QEMU): reads
+                    // still go to the backing file until written.
                     for (int j = 0; j < n; j++)
-                    {
-                        ulong bm = _ext ? SubclusterAllocMask : 0;
-                        SetL2(t, todo[k + j], (ulong)(host + ((long)j << _cb)) | OflagCopied, bm);
-                    }
+                        SetL2(t, todo[k + j], (ulong)(host + ((long)j << _cb)) | OflagCopied, 0);
                     hostEnd = Math.Max(hostEnd, host + ((long)n << _cb));
                     k += n;
                 }
@@ -185,6 +189,56 @@ public sealed partial class Qcow2Image
             {
                 var fileMode = mode == Preallocation.Metadata ? Preallocation.Off : mode;
                 await _file.SetLengthAsync(hostEnd, fileMode, ct).ConfigureAwait(false);
+            }
+            await FlushMetadataLockedAsync(ct).ConfigureAwait(false);
+        }
+        finally
+        {
+            Unlock();
+        }
+    }
+
+    /// <summary>
+    /// falloc/full preallocation as QEMU's qcow2_co_truncate lays it out: refcount structures for the whole new
+    /// area first (a new refcount table at the end of the file), then the data clusters right after it, the file
+    /// grown over them with the preallocation mode, and finally the L2 entries (new L2 tables from the allocator).
+    /// </summary>
+    private async ValueTask PreallocateFileAsync(long from, long to, Preallocation mode, CancellationToken ct)
+    {
+        await LockRangeAsync(from, to - from, ct).ConfigureAwait(false);
+        try
+        {
+            await FlushMetadataLockedAsync(ct).ConfigureAwait(false);
+            long oldFileSize = RoundUp(_file.Length, _cs);
+            long firstCluster = from & ~((long)_cs - 1);
+            long dataClusters = (RoundUp(to, _cs) - firstCluster) >> _cb;
+            if (dataClusters <= 0)
+                return;
+            // Room for the L2 tables too (an overestimate, plus one for an unaligned head or tail), so that
+            // linking the data never needs another refcount block.
+            long l2Tables = (dataClusters + (1L << _l2Bits) - 1) / (1L << _l2Bits) + 1;
+            long allocationStart = await _rc.GrowTableAsync(oldFileSize, dataClusters + l2Tables, exactSize: true, 0, 0, ct).ConfigureAwait(false);
+            long taken = await _rc.AllocateAtAsync(allocationStart, dataClusters, ct).ConfigureAwait(false);
+            if (taken != dataClusters)
+                throw new ImageException($"Failed to allocate data clusters in '{_file.Name}'");
+            await _rc.WriteDirtyAsync(ct).ConfigureAwait(false);
+            await _file.SetLengthAsync(allocationStart + (dataClusters << _cb), mode, ct).ConfigureAwait(false);
+
+            // A partial cluster at the old end keeps its data (copy-on-write into its new place).
+            if ((from & (_cs - 1)) != 0)
+            {
+                var head = new byte[from - firstCluster];
+                await ReadCoreAsync(head, firstCluster, lockHeld: true, ct).ConfigureAwait(false);
+                await _file.WriteAsync(head, allocationStart, ct).ConfigureAwait(false);
+            }
+            long host = allocationStart;
+            for (long guest = firstCluster; guest < to; guest += _cs, host += _cs)
+            {
+                var t = await GetL2ForWriteAsync(guest, ct).ConfigureAwait(false);
+                int idx = L2Index(guest);
+                ulong old = GetL2Entry(t, idx);
+                SetL2(t, idx, (ulong)host | OflagCopied, _ext ? SubclusterAllocMask : 0);
+                await FreeClusterEntryAsync(old, ct).ConfigureAwait(false);
             }
             await FlushMetadataLockedAsync(ct).ConfigureAwait(false);
         }

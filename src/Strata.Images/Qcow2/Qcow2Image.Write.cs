@@ -163,13 +163,12 @@ public sealed partial class Qcow2Image
             if (type == ClusterType.ZeroAlloc && copied)
             {
                 // Preallocated zero cluster: reuse it; the rest of it must read as zero.
-                await WriteClusterImageAsync(oldHost, 0, _cs, a, data, zeroFill: true, clusterStart, fresh: false, ct).ConfigureAwait(false);
+                await WriteClusterImageAsync(oldHost, 0, _cs, a, data, zeroFill: true, clusterStart, newCluster: false, ct).ConfigureAwait(false);
                 SetL2(t, idx, (ulong)oldHost | OflagCopied);
                 return;
             }
-            long fileEnd = _file.Length;
             long newHost = await _rc.AllocateClustersAsync(1, ct).ConfigureAwait(false);
-            await WriteClusterImageAsync(newHost, 0, _cs, a, data, zeroFill: false, clusterStart, fresh: newHost >= fileEnd, ct).ConfigureAwait(false);
+            await WriteClusterImageAsync(newHost, 0, _cs, a, data, zeroFill: false, clusterStart, newCluster: true, ct).ConfigureAwait(false);
             SetL2(t, idx, (ulong)newHost | OflagCopied);
             await FreeClusterEntryAsync(entry, ct).ConfigureAwait(false);
             return;
@@ -183,9 +182,8 @@ public sealed partial class Qcow2Image
         int regionEnd = Math.Min(_cs, (((b - 1) >> _scBits) + 1) << _scBits);
         if (compressed)
         {
-            long fileEnd = _file.Length;
             long newHost = await _rc.AllocateClustersAsync(1, ct).ConfigureAwait(false);
-            await WriteClusterImageAsync(newHost, 0, _cs, a, data, zeroFill: false, clusterStart, fresh: newHost >= fileEnd, ct).ConfigureAwait(false);
+            await WriteClusterImageAsync(newHost, 0, _cs, a, data, zeroFill: false, clusterStart, newCluster: true, ct).ConfigureAwait(false);
             SetL2(t, idx, (ulong)newHost | OflagCopied, SubclusterAllocMask);
             await FreeClusterEntryAsync(entry, ct).ConfigureAwait(false);
             return;
@@ -199,7 +197,7 @@ public sealed partial class Qcow2Image
             if (headOk && tailOk)
                 await _file.WriteAsync(data, oldHost + a, ct).ConfigureAwait(false);
             else
-                await WriteClusterImageAsync(oldHost, regionStart, regionEnd, a, data, zeroFill: false, clusterStart, fresh: false, ct).ConfigureAwait(false);
+                await WriteClusterImageAsync(oldHost, regionStart, regionEnd, a, data, zeroFill: false, clusterStart, newCluster: false, ct).ConfigureAwait(false);
             ulong nb = (ulong)(alloc | mask) | ((ulong)(zero & ~mask) << 32);
             if (nb != bitmap)
                 SetL2(t, idx, entry, nb);
@@ -207,17 +205,15 @@ public sealed partial class Qcow2Image
         }
         if (oldHost == 0)
         {
-            long fileEnd = _file.Length;
             long newHost = await _rc.AllocateClustersAsync(1, ct).ConfigureAwait(false);
-            await WriteClusterImageAsync(newHost, regionStart, regionEnd, a, data, zeroFill: false, clusterStart, fresh: newHost >= fileEnd, ct).ConfigureAwait(false);
+            await WriteClusterImageAsync(newHost, regionStart, regionEnd, a, data, zeroFill: false, clusterStart, newCluster: true, ct).ConfigureAwait(false);
             SetL2(t, idx, (ulong)newHost | OflagCopied, mask | ((ulong)(zero & ~mask) << 32));
             return;
         }
         {
             // Shared cluster: copy the whole cluster as this layer sees it.
-            long fileEnd = _file.Length;
             long newHost = await _rc.AllocateClustersAsync(1, ct).ConfigureAwait(false);
-            await WriteClusterImageAsync(newHost, 0, _cs, a, data, zeroFill: false, clusterStart, fresh: newHost >= fileEnd, ct).ConfigureAwait(false);
+            await WriteClusterImageAsync(newHost, 0, _cs, a, data, zeroFill: false, clusterStart, newCluster: true, ct).ConfigureAwait(false);
             SetL2(t, idx, (ulong)newHost | OflagCopied, (alloc | mask) | ((ulong)(zero & ~mask) << 32));
             await FreeClusterEntryAsync(entry, ct).ConfigureAwait(false);
         }
@@ -226,11 +222,11 @@ public sealed partial class Qcow2Image
     /// <summary>
     /// Writes bytes [regionStart, regionEnd) of a cluster at <paramref name="host"/>: <paramref name="data"/> at
     /// <paramref name="a"/>, the rest from this layer's current view (or zeroes with <paramref name="zeroFill"/>).
-    /// When the target is <paramref name="fresh"/> (past the old end of file, so it reads as zero) and the
-    /// copied-in bytes are zero, only the data is written.
+    /// For a <paramref name="newCluster"/> whose copied-in bytes are zero, the cluster is zeroed and only the data
+    /// written (QEMU's handle_alloc_space).
     /// </summary>
     private async ValueTask WriteClusterImageAsync(long host, int regionStart, int regionEnd, int a, ReadOnlyMemory<byte> data,
-        bool zeroFill, long clusterStart, bool fresh, CancellationToken ct)
+        bool zeroFill, long clusterStart, bool newCluster, CancellationToken ct)
     {
         int b = a + data.Length;
         if (a == regionStart && b == regionEnd)
@@ -252,8 +248,9 @@ public sealed partial class Qcow2Image
                 if (b < regionEnd)
                     await ReadCoreAsync(region[(b - regionStart)..], clusterStart + b, lockHeld: true, ct).ConfigureAwait(false);
             }
-            if (fresh && !region.Span[..(a - regionStart)].ContainsAnyExcept((byte)0) && !region.Span[(b - regionStart)..].ContainsAnyExcept((byte)0))
+            if (newCluster && !region.Span[..(a - regionStart)].ContainsAnyExcept((byte)0) && !region.Span[(b - regionStart)..].ContainsAnyExcept((byte)0))
             {
+                await _file.WriteZeroesAsync(host, _cs, mayUnmap: false, ct).ConfigureAwait(false);
                 await _file.WriteAsync(data, host + a, ct).ConfigureAwait(false);
                 return;
             }

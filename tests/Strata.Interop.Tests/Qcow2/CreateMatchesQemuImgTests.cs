@@ -24,6 +24,11 @@ public sealed class CreateMatchesQemuImgTests
         { "0", "" },
         { "512", "cluster_size=512" },
         { "100T", "" },
+        { "3M", "preallocation=full" },
+        { "3M", "preallocation=falloc" },
+        { "1M", "extended_l2=on,preallocation=metadata" },
+        { "64M", "preallocation=falloc,cluster_size=4096" },
+        { "1000M", "preallocation=full,cluster_size=2M" },
     };
 
     [Theory]
