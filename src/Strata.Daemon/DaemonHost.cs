@@ -15,6 +15,7 @@ internal sealed class DaemonHost
     private readonly ILogger _log;
     private readonly TaskCompletionSource _stop = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private readonly List<string> _socketsToRemove = [];
+    private MonitorHost? _monitors;
 
     public DaemonHost(DaemonCommandLine cl, ILoggerFactory loggers)
     {
@@ -37,6 +38,8 @@ internal sealed class DaemonHost
         catch (CommandLineException e)
         {
             Console.Error.WriteLine($"strata-daemon: {e.Message}");
+            if (_monitors != null)
+                await _monitors.DisposeAsync().ConfigureAwait(false);
             return 1;
         }
 
@@ -48,6 +51,8 @@ internal sealed class DaemonHost
         _log.LogInformation("strata-daemon ready");
         await _stop.Task.ConfigureAwait(false);
         _log.LogInformation("Shutting down: draining exports, flushing and closing images");
+        if (_monitors != null)
+            await _monitors.DisposeAsync().ConfigureAwait(false);
 
         if (_cl.PidFile != null)
             TryDelete(_cl.PidFile);
@@ -160,6 +165,7 @@ internal sealed class DaemonHost
             TryDelete(dev.Path);
             _socketsToRemove.Add(dev.Path);
         }
-        MonitorHost.Start(daemon, dev, m, this, _loggers);
+        _monitors ??= new MonitorHost(daemon, this, _loggers);
+        _monitors.Start(dev, m);
     }
 }

@@ -83,18 +83,22 @@ public sealed class StorageDaemon : IAsyncDisposable
 
     public BlockExport AddExport(ExportRequest request)
     {
-        var server = _nbd ?? throw new BlockException("NBD server not running");
+        // blk_exp_add's order of checks, then nbd_export_create's.
+        if (!IsWellFormedId(request.Id))
+            throw new BlockException("Invalid block export id");
         if (_exports.Exists(e => e.Id == request.Id))
             throw new BlockException($"Block export id '{request.Id}' is already in use");
         var node = Graph.Find(request.NodeName)
             ?? throw new BlockException($"Cannot find device='' nor node-name='{request.NodeName}'", BlockErrorKind.NotFound);
+        if (request.Writable && node.IsReadOnly)
+            throw new BlockException("Cannot export read-only node as writable");
+        var server = _nbd ?? throw new BlockException("NBD server not running");
         string name = request.Name ?? request.NodeName;
         if (server.FindExport(name) != null)
             throw new BlockException($"NBD server already has export named '{name}'");
-        if (request.Writable && node.IsReadOnly)
-            throw new BlockException("Cannot export read-only node as writable");
         var perm = BlockPermissions.ConsistentRead | (request.Writable ? BlockPermissions.Write : 0);
-        var backend = new BlockBackend($"block device '{request.Id}'", node, perm, BlockPermissions.All);
+        // An export's backend is anonymous in QEMU; the NBD server does not let others resize the node under it.
+        var backend = new BlockBackend("an unnamed block device", node, perm, BlockPermissions.All & ~BlockPermissions.Resize);
         try
         {
             var nbd = new NbdExport(name, backend, new NbdExportOptions
@@ -114,6 +118,17 @@ public sealed class StorageDaemon : IAsyncDisposable
             backend.Release();
             throw;
         }
+    }
+
+    /// <summary>QEMU's id_wellformed: a letter, then letters, digits, '-', '.', '_'.</summary>
+    private static bool IsWellFormedId(string id)
+    {
+        if (id.Length == 0 || !char.IsAsciiLetter(id[0]))
+            return false;
+        foreach (char c in id)
+            if (!char.IsAsciiLetterOrDigit(c) && c is not ('-' or '.' or '_'))
+                return false;
+        return true;
     }
 
     public async ValueTask DeleteExportAsync(string id, bool hard = false, CancellationToken ct = default)

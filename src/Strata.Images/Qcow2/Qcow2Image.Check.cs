@@ -10,24 +10,87 @@ public sealed partial class Qcow2Image
     /// Runs <paramref name="body"/> under the metadata lock after writing back everything cached (refcounts
     /// included, even with lazy refcounts), so that the file alone describes the image while it is checked.
     /// </summary>
-    internal async ValueTask<T> RunExclusiveForCheckAsync<T>(Func<CancellationToken, ValueTask<T>> body, CancellationToken ct)
+    internal async ValueTask<T> RunExclusiveForCheckAsync<T>(bool repair, Func<CancellationToken, ValueTask<T>> body, CancellationToken ct)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         await _lock.WaitAsync(ct).ConfigureAwait(false);
         try
         {
-            if (!_file.IsReadOnly && (_rc.IsDirty || _l2Cache.HasDirty || _dirtyL1.Count > 0 || _rc.HasPendingFrees))
+            if (!_readOnly && (_rc.IsDirty || _l2Cache.HasDirty || _dirtyL1.Count > 0 || _rc.HasPendingFrees))
             {
                 await FlushMetadataLockedAsync(ct).ConfigureAwait(false);
                 await _rc.WriteDirtyAsync(ct).ConfigureAwait(false);
                 await _file.FlushAsync(ct).ConfigureAwait(false);
             }
+            if (repair)
+            {
+                // Repairs may discard clusters nothing references: let lock-free I/O mapped earlier finish first.
+                await WaitHostIoDrainedAsync().ConfigureAwait(false);
+                _checkFootprint = await CaptureCheckFootprintAsync(ct).ConfigureAwait(false);
+            }
             return await body(ct).ConfigureAwait(false);
         }
         finally
         {
-            _lock.Release();
+            _checkFootprint = null;
+            Unlock();
         }
+    }
+
+    /// <summary>Where the metadata a repair may move (refcount structures, snapshot table) was registered in <see cref="_metadata"/>.</summary>
+    private sealed record CheckFootprint(long RefTableOffset, long RefTableBytes, ulong[] RefBlocks, long SnapshotsOffset, long SnapshotsSize, (ulong Offset, long Bytes)[] InactiveL1);
+
+    private CheckFootprint? _checkFootprint;
+
+    private async ValueTask<CheckFootprint> CaptureCheckFootprintAsync(CancellationToken ct)
+    {
+        long snapSize = 0;
+        var l1s = new List<(ulong, long)>();
+        if (_h.SnapshotCount > 0)
+        {
+            try
+            {
+                var snaps = await SnapshotTable.ReadAsync(_file, _h.SnapshotsOffset, _h.SnapshotCount, Size, repair: true, ct: ct).ConfigureAwait(false);
+                snapSize = snaps.Size;
+                foreach (var sn in snaps.Snapshots)
+                    l1s.Add((sn.L1TableOffset, sn.L1Size * 8L));
+            }
+            catch (ImageException)
+            {
+                // Nothing was registered for a table that cannot be read.
+            }
+        }
+        return new CheckFootprint(_h.RefcountTableOffset, (long)_h.RefcountTableClusters * _cs, [.. _rc.Table],
+            _h.SnapshotsOffset, snapSize, [.. l1s]);
+    }
+
+    /// <summary>Re-registers the metadata in <see cref="_metadata"/> after a repair moved some of it.</summary>
+    private async ValueTask RefreshMetadataMapAsync(CancellationToken ct)
+    {
+        if (_checkFootprint is { } old)
+        {
+            _metadata.Remove(old.RefTableOffset, old.RefTableBytes);
+            foreach (ulong e in old.RefBlocks)
+            {
+                long off = (long)(e & RefTableOffsetMask);
+                if (off != 0 && off <= MaxHostOffset)
+                    _metadata.Remove(off, MetadataKind.RefcountBlock);
+            }
+            if (old.SnapshotsSize > 0)
+                _metadata.Remove(old.SnapshotsOffset, old.SnapshotsSize);
+            foreach (var (offset, bytes) in old.InactiveL1)
+                if (bytes > 0 && offset <= (ulong)MaxHostOffset)
+                    _metadata.Remove((long)offset, bytes);
+        }
+        try
+        {
+            await BuildMetadataMapAsync(enforce: false, validate: true, ct).ConfigureAwait(false);
+        }
+        catch (ImageException)
+        {
+            // Broken snapshot table or bitmaps: what could be registered is.
+        }
+        _checkFootprint = await CaptureCheckFootprintAsync(ct).ConfigureAwait(false);
     }
 
     /// <summary>The active L1 table as loaded (QEMU's s->l1_table). Caller holds the lock.</summary>
@@ -52,6 +115,7 @@ public sealed partial class Qcow2Image
             _l1 = l1;
         }
         _dirtyL1.Clear();
+        await RefreshMetadataMapAsync(ct).ConfigureAwait(false);
     }
 
     /// <summary>
@@ -83,7 +147,7 @@ public sealed partial class Qcow2Image
     /// <summary>Sets the corrupt bit on disk (a fatal corruption found while repairing). Caller holds the lock.</summary>
     internal async ValueTask MarkCorruptForCheckAsync(CancellationToken ct)
     {
-        if (_file.IsReadOnly || _h.Version < 3 || _h.IsCorrupt)
+        if (_readOnly || _h.Version < 3 || _h.IsCorrupt)
             return;
         _h.IncompatibleFeatures |= IncompatCorrupt;
         var b = new byte[8];
@@ -121,6 +185,13 @@ public sealed partial class Qcow2Image
             await _rc.UpdateAsync(first, last - first + 1, -1, ct).ConfigureAwait(false);
             await _rc.WriteDirtyAsync(ct).ConfigureAwait(false);
             await _file.FlushAsync(ct).ConfigureAwait(false);
+            // QEMU passes the discard of freed snapshot clusters down to the file (discard-snapshot=on).
+            for (long c = first; c <= last; c++)
+            {
+                long off = c << _cb;
+                if (off < _file.Length && await _rc.GetRefcountAsync(c, ct).ConfigureAwait(false) == 0)
+                    await _file.DiscardAsync(off, Math.Min(_cs, _file.Length - off), ct).ConfigureAwait(false);
+            }
         }
     }
 }

@@ -169,12 +169,15 @@ public sealed partial class Qcow2Image
 
     /// <summary>
     /// Discards whole clusters (partial ones are ignored, as QEMU does, except a last partial cluster at the
-    /// disk end). v3 images then read zeroes; v2 images read the backing file (or zeroes without one).
+    /// disk end). The clusters then read as zeroes. A v2 image with a backing file cannot record that, so, as in
+    /// QEMU, such a discard does nothing (it could expose stale data from the backing file).
     /// </summary>
     public async ValueTask DiscardAsync(long offset, long length, CancellationToken ct = default)
     {
         CheckRange(offset, length);
         CheckWritable();
+        if (_h.Version < 3 && BackingFileName != null)
+            return;
         long start = RoundUp(offset, _cs);
         long end = offset + length == Size ? Size : (offset + length) & ~((long)_cs - 1);
         if (start >= end)
@@ -188,15 +191,13 @@ public sealed partial class Qcow2Image
                 var t = await GetL2Async(pos, ct).ConfigureAwait(false);
                 if (t == null)
                 {
-                    // Nothing mapped in this whole L2 range; with a backing file there is nothing to hide either.
-                    if (_backing == null && BackingFileName == null)
+                    // Nothing mapped in this whole L2 range: without a backing file there is nothing to hide.
+                    if (BackingFileName == null)
                     {
                         long tableSpan = 1L << (_cb + _l2Bits);
                         pos = Math.Min(end, (pos & ~(tableSpan - 1)) + tableSpan) - _cs;
                         continue;
                     }
-                    if (_h.Version < 3)
-                        continue;
                 }
                 int idx = L2Index(pos);
                 ulong entry = t == null ? 0 : GetL2Entry(t, idx);

@@ -151,7 +151,7 @@ public sealed partial class Qcow2Image : IImage
         img._dirtyBitSet = h.IsDirty;
         try
         {
-            await img.BuildMetadataMapAsync(enforce: !img._readOnly && !options.ForCheck, ct).ConfigureAwait(false);
+            await img.BuildMetadataMapAsync(enforce: !img._readOnly && !options.ForCheck, validate: !options.ForCheck, ct).ConfigureAwait(false);
             if (!img._readOnly && !options.ForCheck)
             {
                 if (h.IsDirty)
@@ -197,7 +197,8 @@ public sealed partial class Qcow2Image : IImage
     /// open). With <paramref name="enforce"/> (read-write) metadata structures that overlap each other are refused:
     /// writing through them would destroy the image.
     /// </summary>
-    private async ValueTask BuildMetadataMapAsync(bool enforce, CancellationToken ct)
+    /// <param name="validate">Refuse a broken snapshot table or bitmap directory (not when opening for check, which reports them).</param>
+    private async ValueTask BuildMetadataMapAsync(bool enforce, bool validate, CancellationToken ct)
     {
         var conflicts = new List<string>();
         void Add(long offset, long bytes, MetadataKind kind, string what)
@@ -221,7 +222,7 @@ public sealed partial class Qcow2Image : IImage
             if (off != 0 && (off & (_cs - 1)) == 0)
                 Add(off, _cs, MetadataKind.ActiveL2, $"L2 table {i}");
         }
-        if (_h.SnapshotCount > 0)
+        if (_h.SnapshotCount > 0 && validate)
         {
             var snaps = await SnapshotTable.ReadAsync(_file, _h.SnapshotsOffset, _h.SnapshotCount, Size, ct: ct).ConfigureAwait(false);
             Add(_h.SnapshotsOffset, snaps.Size, MetadataKind.SnapshotTable, "snapshot table");
@@ -229,7 +230,7 @@ public sealed partial class Qcow2Image : IImage
                 if (sn.L1TableOffset != 0 && sn.L1Size > 0 && sn.L1TableOffset <= (ulong)MaxHostOffset)
                     Add((long)sn.L1TableOffset, sn.L1Size * 8L, MetadataKind.InactiveL1, $"L1 table of snapshot '{sn.Name}'");
         }
-        if (_h.Bitmaps is { Count: > 0 } bitmaps)
+        if (_h.Bitmaps is { Count: > 0 } bitmaps && validate)
         {
             // Parsed (and so validated) even for read-only opens, as QEMU does.
             await BitmapDirectory.ReadAsync(_file, bitmaps, _cs, ct).ConfigureAwait(false);

@@ -1,0 +1,69 @@
+using Strata.Images;
+using Strata.Images.Format;
+
+namespace Strata.Img.Cli;
+
+/// <summary>qemu-img's img_open: opens an image by name, reporting failures as "Could not open 'x': ...".</summary>
+public static class ImageOpen
+{
+    public static async Task<IImage> OpenAsync(string filename, string? fmt, bool writable = false,
+        bool noBacking = false, bool forCheck = false, bool direct = false, bool noFlush = false, CancellationToken ct = default)
+    {
+        if (fmt != null && !ImageOpener.SupportedFormats.Contains(fmt))
+            throw Io.Fail($"Could not open '{filename}': Unknown driver '{fmt}'");
+        try
+        {
+            if (fmt == null && writable && File.Exists(filename))
+            {
+                // QEMU warns when it probes a raw image it opens for writing.
+                await using var probe = ImageOpener.OpenStorage(filename, new ImageOpenOptions { ReadOnly = true });
+                if (await ImageOpener.ProbeAsync(probe, ct) == "raw")
+                    Io.ErrorRaw($"WARNING: Image format was not specified for '{filename}' and probing guessed raw.\n" +
+                        "         Automatically detecting the format is dangerous for raw images, write operations on block 0 will be restricted.\n" +
+                        "         Specify the 'raw' format explicitly to remove the restrictions.\n");
+            }
+            return await ImageOpener.OpenAsync(filename, new ImageOpenOptions
+            {
+                Format = fmt,
+                ReadOnly = !writable,
+                Backing = noBacking ? BackingPolicy.None : BackingPolicy.Open,
+                ForCheck = forCheck,
+                Direct = direct,
+                NoFlush = noFlush,
+            }, ct);
+        }
+        catch (Exception e) when (e is ImageException or IOException or UnauthorizedAccessException)
+        {
+            throw Io.Fail($"Could not open '{filename}': {Describe(e, filename)}");
+        }
+    }
+
+    /// <summary>Message text of a library exception (I/O errors keep their message).</summary>
+    public static string Describe(Exception e, string? fileName = null)
+    {
+        string m = e.Message;
+        if (fileName != null)
+        {
+            foreach (var suffix in new[] { $": '{fileName}'", $" in '{fileName}'", $" ('{fileName}')", $" of '{fileName}'" })
+                if (m.EndsWith(suffix, StringComparison.Ordinal))
+                    return m[..^suffix.Length];
+        }
+        return m;
+    }
+
+    /// <summary>QEMU's path_has_protocol.</summary>
+    public static bool HasProtocol(string path)
+    {
+        int i = path.IndexOfAny([':', '/']);
+        return i >= 0 && path[i] == ':';
+    }
+
+    /// <summary>QEMU's bdrv_make_absolute_filename for a backing name relative to the image naming it.</summary>
+    public static string CombineBacking(string imageName, string backing)
+    {
+        if (HasProtocol(backing) || backing.StartsWith('/'))
+            return backing;
+        int slash = imageName.LastIndexOf('/');
+        return slash < 0 ? backing : imageName[..(slash + 1)] + backing;
+    }
+}

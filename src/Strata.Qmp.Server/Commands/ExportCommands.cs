@@ -1,0 +1,119 @@
+using System.Text.Json;
+using Strata.Block;
+using Strata.Server;
+
+namespace Strata.Qmp.Server.Commands;
+
+/// <summary>nbd-server-start/add/remove/stop, block-export-add/del, query-block-exports.</summary>
+internal static class ExportCommands
+{
+    public static async ValueTask<JsonElement> NbdServerStartAsync(QmpCommandContext c, JsonElement args, CancellationToken ct)
+    {
+        if (c.Daemon.Nbd is not null)
+        {
+            throw new BlockException("NBD server already running");
+        }
+
+        var addr = args.Member("addr")!.Value;
+        var data = addr.Member("data")!.Value;
+        NbdAddress address = addr.ReqStr("type") switch
+        {
+            "unix" => new UnixNbdAddress(data.ReqStr("path")),
+            "inet" => new InetNbdAddress(data.ReqStr("host"), ParsePort(data.ReqStr("port"))),
+            var t => throw new BlockException($"strata-daemon does not support {t} socket addresses"),
+        };
+        if (args.Str("tls-creds") is not null || args.Str("tls-authz") is not null)
+        {
+            throw new BlockException("TLS is not supported by strata-daemon");
+        }
+
+        if (address is UnixNbdAddress u && File.Exists(u.Path))
+        {
+            File.Delete(u.Path); // QEMU replaces a stale socket file
+        }
+
+        await c.Daemon.StartNbdServerAsync(address, (int)(args.ULong("max-connections") ?? 0), ct).ConfigureAwait(false);
+        return await Args.Empty.ConfigureAwait(false);
+    }
+
+    private static int ParsePort(string port) =>
+        int.TryParse(port, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var p) && p <= 65535
+            ? p
+            : throw new BlockException($"Failed to parse port '{port}'"); // strata-daemon takes numeric ports only
+
+    public static async ValueTask<JsonElement> NbdServerStopAsync(QmpCommandContext c, JsonElement args, CancellationToken ct)
+    {
+        await c.Daemon.StopNbdServerAsync(ct).ConfigureAwait(false);
+        return await Args.Empty.ConfigureAwait(false);
+    }
+
+    public static ValueTask<JsonElement> BlockExportAddAsync(QmpCommandContext c, JsonElement args, CancellationToken ct)
+    {
+        var type = args.ReqStr("type");
+        if (type != "nbd")
+        {
+            throw new BlockException($"Export type '{type}' is not supported by strata-daemon");
+        }
+
+        if (args.Member("bitmaps") is { } bitmaps && bitmaps.GetArrayLength() > 0)
+        {
+            throw new BlockException("Exporting dirty bitmaps is not supported by strata-daemon yet");
+        }
+
+        c.Daemon.AddExport(new ExportRequest(
+            Id: args.ReqStr("id"),
+            NodeName: args.ReqStr("node-name"),
+            Name: args.Str("name"),
+            Description: args.Str("description"),
+            Writable: args.Bool("writable") ?? false,
+            AllocationDepth: args.Bool("allocation-depth") ?? false,
+            Writethrough: args.Bool("writethrough") ?? false));
+        return Args.Empty;
+    }
+
+    public static async ValueTask<JsonElement> BlockExportDelAsync(QmpCommandContext c, JsonElement args, CancellationToken ct)
+    {
+        await c.Daemon.DeleteExportAsync(args.ReqStr("id"), args.Str("mode") == "hard", ct).ConfigureAwait(false);
+        return await Args.Empty.ConfigureAwait(false);
+    }
+
+    /// <summary>The deprecated nbd-server-add: the node by device (node) name, the export id is the export name.</summary>
+    public static ValueTask<JsonElement> NbdServerAddAsync(QmpCommandContext c, JsonElement args, CancellationToken ct)
+    {
+        var device = args.ReqStr("device");
+        var node = c.Daemon.Graph.Get(device);
+        if (args.Str("bitmap") is not null)
+        {
+            throw new BlockException("Exporting dirty bitmaps is not supported by strata-daemon yet");
+        }
+
+        var name = args.Str("name") ?? device;
+        c.Daemon.AddExport(new ExportRequest(
+            Id: name,
+            NodeName: node.NodeName,
+            Name: name,
+            Description: args.Str("description"),
+            // nbd-server-add quietly exports a read-only node read-only
+            Writable: (args.Bool("writable") ?? false) && !node.IsReadOnly));
+        return Args.Empty;
+    }
+
+    public static async ValueTask<JsonElement> NbdServerRemoveAsync(QmpCommandContext c, JsonElement args, CancellationToken ct)
+    {
+        await c.Daemon.DeleteExportAsync(args.ReqStr("name"), args.Str("mode") == "hard", ct).ConfigureAwait(false);
+        return await Args.Empty.ConfigureAwait(false);
+    }
+
+    public static ValueTask<JsonElement> QueryBlockExportsAsync(QmpCommandContext c, JsonElement args, CancellationToken ct)
+    {
+        // QEMU keeps its exports newest first.
+        var list = c.Daemon.Exports.Reverse().Select(e => new BlockExportInfo
+        {
+            Id = e.Id,
+            Type = BlockExportType.Nbd,
+            NodeName = e.NodeName,
+            ShuttingDown = e.ShuttingDown,
+        }).ToList();
+        return ValueTask.FromResult(Args.Value(list, QmpJsonContext.Default.ListBlockExportInfo));
+    }
+}

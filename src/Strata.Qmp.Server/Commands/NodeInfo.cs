@@ -1,0 +1,175 @@
+using System.Text.Json;
+using Strata.Block;
+using Strata.Block.Drivers;
+using Strata.Images.Format;
+
+namespace Strata.Qmp.Server.Commands;
+
+/// <summary>
+/// The query views of the node graph, shaped as qemu-storage-daemon 7.2 shapes them (block/qapi.c): BlockDeviceInfo,
+/// ImageInfo, BlockStats, and the order in which QEMU lists nodes.
+/// </summary>
+internal static class NodeInfo
+{
+    /// <summary>
+    /// Nodes in the order QEMU names them (its graph_bdrv_states list): a format node is named after its file child and
+    /// before its backing chain, which QEMU opens once the node itself is open.
+    /// </summary>
+    public static List<BlockNode> InNamingOrder(BlockGraph graph)
+    {
+        var nodes = graph.Nodes;
+        var index = new Dictionary<BlockNode, int>();
+        for (int i = 0; i < nodes.Count; i++)
+        {
+            index[nodes[i]] = i;
+        }
+
+        var done = new HashSet<BlockNode>();
+        var order = new List<BlockNode>(nodes.Count);
+        void Emit(BlockNode n)
+        {
+            if (!done.Add(n))
+            {
+                return;
+            }
+
+            if (n.FileChild is { } f)
+            {
+                Emit(f);
+            }
+
+            order.Add(n);
+            if (n.BackingChild is { } b)
+            {
+                Emit(b);
+            }
+        }
+
+        foreach (var n in nodes)
+        {
+            // A node opened together with a later parent (an inline child or a backing file) is named through it.
+            bool openedWithParent = n.Parents.Any(p => p.Parent is BlockNode parent && index.TryGetValue(parent, out var pi) && pi > index[n]);
+            if (!openedWithParent)
+            {
+                Emit(n);
+            }
+        }
+
+        foreach (var n in nodes)
+        {
+            Emit(n);
+        }
+
+        return order;
+    }
+
+    public static BlockDeviceInfo DeviceInfo(BlockNode node, bool flat)
+    {
+        var image = Image(node, flat);
+        int depth = 0;
+        for (var i = image.BackingImage; i is not null; i = i.BackingImage)
+        {
+            depth++;
+        }
+
+        return new BlockDeviceInfo
+        {
+            File = node.FileName,
+            NodeName = node.NodeName,
+            ReadOnly = node.IsReadOnly,
+            Driver = node.Driver,
+            BackingFile = node is Qcow2Node q ? q.Image.Header.BackingFileName : null,
+            BackingFileDepth = depth,
+            Encrypted = false,
+            DetectZeroes = node.Settings.DetectZeroes switch
+            {
+                DetectZeroes.On => BlockdevDetectZeroesOptions.On,
+                DetectZeroes.Unmap => BlockdevDetectZeroesOptions.Unmap,
+                _ => BlockdevDetectZeroesOptions.Off,
+            },
+            Image = image,
+            Cache = new BlockdevCacheInfo { Writeback = true, Direct = node.Settings.Direct, NoFlush = node.Settings.NoFlush },
+            WriteThreshold = 0,
+        };
+    }
+
+    /// <summary>ImageInfo (bdrv_query_image_info): with the backing chain's images unless <paramref name="flat"/>.</summary>
+    public static ImageInfo Image(BlockNode node, bool flat)
+    {
+        long actual = node.Storage.AllocatedBytes;
+        var info = new ImageInfo
+        {
+            Filename = node.FileName,
+            Format = node.Driver,
+            VirtualSize = (node.Size + 511) / 512 * 512, // bdrv_getlength counts whole sectors
+            ActualSize = actual >= 0 ? actual : null,
+            // Drivers with bdrv_get_info (file, raw over it, qcow2) report a dirty flag; null-co does not.
+            DirtyFlag = node.Driver == "null-co" ? null : false,
+        };
+        if (node is Qcow2Node q)
+        {
+            var h = q.Image.Header;
+            string? backing = h.BackingFileName;
+            info = info with
+            {
+                DirtyFlag = h.IsDirty,
+                ClusterSize = h.ClusterSize,
+                BackingFilename = backing,
+                FullBackingFilename = backing is null ? null : ImageOpener.ResolveBackingPath(node.FileName, backing),
+                BackingFilenameFormat = backing is null ? null : h.BackingFormat,
+                FormatSpecific = ImageInfoSpecific.Qcow2(h.Version == 2
+                    ? new ImageInfoSpecificQCow2 { Compat = "0.10", RefcountBits = h.RefcountBits, CompressionType = Compression(h) }
+                    : new ImageInfoSpecificQCow2
+                    {
+                        Compat = "1.1",
+                        LazyRefcounts = h.LazyRefcounts,
+                        Corrupt = h.IsCorrupt,
+                        ExtendedL2 = h.ExtendedL2,
+                        RefcountBits = h.RefcountBits,
+                        CompressionType = Compression(h),
+                    }),
+                BackingImage = !flat && node.BackingChild is { } b ? Image(b, flat) : null,
+            };
+        }
+
+        return info;
+    }
+
+    private static Qcow2CompressionType Compression(Strata.Images.Qcow2.Qcow2Header h) =>
+        h.CompressionType == Strata.Images.Qcow2.CompressionType.Zstd ? Qcow2CompressionType.Zstd : Qcow2CompressionType.Zlib;
+
+    /// <summary>Node-level BlockStats (bdrv_query_bds_stats without a backend): counters are the block backends' business.</summary>
+    public static BlockStats Stats(BlockNode node)
+    {
+        BlockStatsSpecific? specific = null;
+        if (node.Driver == "file")
+        {
+            specific = new BlockStatsSpecific
+            {
+                Driver = "file",
+                Members = new Dictionary<string, JsonElement>
+                {
+                    ["discard-nb-ok"] = Zero,
+                    ["discard-nb-failed"] = Zero,
+                    ["discard-bytes-ok"] = Zero,
+                },
+            };
+        }
+
+        return new BlockStats
+        {
+            NodeName = node.NodeName,
+            Stats = new BlockDeviceStats(),
+            DriverSpecific = specific,
+            Parent = node.FileChild is { } f ? Stats(f) : null,
+        };
+    }
+
+    private static readonly JsonElement Zero = ParseZero();
+
+    private static JsonElement ParseZero()
+    {
+        using var doc = JsonDocument.Parse("0");
+        return doc.RootElement.Clone();
+    }
+}

@@ -1,0 +1,40 @@
+using Strata.Qmp.Server.Schema;
+
+namespace Strata.Qmp.Server.Commands;
+
+/// <summary>The commands strata-daemon implements, registered one by one (the table also feeds query-commands and query-qmp-schema).</summary>
+public static class StandardCommands
+{
+    public static QmpCommandTable Create()
+    {
+        var t = new QmpCommandTable();
+        var empty = QapiObject.Empty;
+
+        // control
+        t.Add(new("qmp_capabilities", QmpTypes.QmpCapabilitiesArgs, empty, ControlCommands.QmpCapabilitiesAsync));
+        t.Add(new("query-version", empty, QmpTypes.VersionInfo, ControlCommands.QueryVersionAsync));
+        t.Add(new("query-commands", empty, new QapiArray(QmpTypes.CommandInfo), ControlCommands.QueryCommandsAsync));
+        t.Add(new("quit", empty, empty, ControlCommands.QuitAsync));
+        t.Add(new("query-qmp-schema", empty, new QapiArray(QmpTypes.SchemaInfo), ControlCommands.QueryQmpSchemaAsync));
+
+        // block nodes
+        t.Add(new("query-block", empty, new QapiArray(QmpTypes.BlockInfo), BlockCommands.QueryBlockAsync));
+        t.Add(new("query-blockstats", QmpTypes.QueryBlockstatsArgs, new QapiArray(QmpTypes.BlockStats), BlockCommands.QueryBlockstatsAsync));
+        t.Add(new("block_resize", QmpTypes.BlockResizeArgs, empty, BlockCommands.BlockResizeAsync));
+        t.Add(new("query-named-block-nodes", QmpTypes.QueryNamedBlockNodesArgs, new QapiArray(QmpTypes.BlockDeviceInfo),
+            BlockCommands.QueryNamedBlockNodesAsync));
+        t.Add(new("x-debug-query-block-graph", empty, QmpTypes.XDbgBlockGraph, BlockCommands.QueryBlockGraphAsync) { Features = ["unstable"] });
+        t.Add(new("blockdev-add", QmpTypes.BlockdevOptions, empty, BlockCommands.BlockdevAddAsync, Boxed: true));
+        t.Add(new("blockdev-del", QmpTypes.BlockdevDelArgs, empty, BlockCommands.BlockdevDelAsync));
+
+        // NBD server and exports
+        t.Add(new("nbd-server-start", QmpTypes.NbdServerStartArgs, empty, ExportCommands.NbdServerStartAsync));
+        t.Add(new("nbd-server-add", QmpTypes.NbdServerAddArgs, empty, ExportCommands.NbdServerAddAsync) { Features = ["deprecated"] });
+        t.Add(new("nbd-server-remove", QmpTypes.NbdServerRemoveArgs, empty, ExportCommands.NbdServerRemoveAsync) { Features = ["deprecated"] });
+        t.Add(new("nbd-server-stop", empty, empty, ExportCommands.NbdServerStopAsync));
+        t.Add(new("block-export-add", QmpTypes.BlockExportOptions, empty, ExportCommands.BlockExportAddAsync));
+        t.Add(new("block-export-del", QmpTypes.BlockExportDelArgs, empty, ExportCommands.BlockExportDelAsync));
+        t.Add(new("query-block-exports", empty, new QapiArray(QmpTypes.BlockExportInfo), ExportCommands.QueryBlockExportsAsync));
+        return t;
+    }
+}
