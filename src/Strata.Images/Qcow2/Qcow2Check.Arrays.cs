@@ -20,29 +20,46 @@ public static partial class Qcow2Check
 
         private static int BitLog2(int v) => System.Numerics.BitOperations.Log2((uint)v);
 
+        private long _lastIndex = -1;
+        private byte[]? _lastChunk;
+
         /// <summary>The chunk of refblock <paramref name="index"/>, or null when all its refcounts are 0.</summary>
-        public byte[]? Chunk(long index) => _chunks.GetValueOrDefault(index);
+        public byte[]? Chunk(long index)
+        {
+            if (index == _lastIndex)
+                return _lastChunk;
+            var c = _chunks.GetValueOrDefault(index);
+            if (c != null)
+                (_lastIndex, _lastChunk) = (index, c);
+            return c;
+        }
 
         public ulong Get(long cluster)
         {
-            var c = _chunks.GetValueOrDefault(cluster >> _blockBits);
+            var c = Chunk(cluster >> _blockBits);
             return c == null ? 0 : RefcountTable.Get(c, order, cluster & ((1L << _blockBits) - 1));
         }
 
         public void Set(long cluster, ulong value)
         {
             long index = cluster >> _blockBits;
-            if (!_chunks.TryGetValue(index, out var c))
+            var c = Chunk(index);
+            if (c == null)
             {
                 if (value == 0)
                     return;
                 c = new byte[clusterSize];
                 _chunks[index] = c;
+                (_lastIndex, _lastChunk) = (index, c);
             }
             RefcountTable.Set(c, order, cluster & ((1L << _blockBits) - 1), value);
         }
 
-        public void Clear() => _chunks.Clear();
+        public void Clear()
+        {
+            _chunks.Clear();
+            (_lastIndex, _lastChunk) = (-1, null);
+        }
     }
 
     private enum BlockState { Absent, Unaligned, Unreadable, Present }
@@ -94,11 +111,31 @@ public static partial class Qcow2Check
                 _cache[off] = data;
             }
             await TouchAsync(off, ct).ConfigureAwait(false);
+            (_recentOffset, _recentData) = (off, data);
             return new StoredBlock(BlockState.Present, off, data);
         }
 
         /// <summary>The stored refcount of a cluster, or null when its refcount block offset is unaligned (-EIO).</summary>
-        public async ValueTask<ulong?> GetAsync(long cluster, CancellationToken ct)
+        public ValueTask<ulong?> GetAsync(long cluster, CancellationToken ct) =>
+            TryGetRecent(cluster, out ulong value) ? ValueTask.FromResult<ulong?>(value) : GetSlowAsync(cluster, ct);
+
+        private long _recentOffset = -1;
+        private byte[]? _recentData;
+
+        /// <summary>The refcount when it lies in the most recently used block (no I/O; the cache order does not change).</summary>
+        public bool TryGetRecent(long cluster, out ulong value)
+        {
+            long ti = cluster >> _blockBits;
+            if (_recentData != null && ti >= 0 && ti < Table.Length && (long)(Table[ti] & RefTableOffsetMask) == _recentOffset)
+            {
+                value = RefcountTable.Get(_recentData, order, cluster & ((1L << _blockBits) - 1));
+                return true;
+            }
+            value = 0;
+            return false;
+        }
+
+        private async ValueTask<ulong?> GetSlowAsync(long cluster, CancellationToken ct)
         {
             var b = await LoadAsync(cluster >> _blockBits, ct).ConfigureAwait(false);
             return b.State switch
@@ -116,6 +153,8 @@ public static partial class Qcow2Check
 
         private async ValueTask TouchAsync(long offset, CancellationToken ct)
         {
+            if (_recent.Count > 0 && _recent[0] == offset)
+                return;
             _recent.Remove(offset);
             _recent.Insert(0, offset);
             if (_recent.Count <= QemuCacheEntries)
@@ -140,12 +179,15 @@ public static partial class Qcow2Check
                     _cache[off] = data;
                 else
                     _cache.Remove(off);
+                if (off == _recentOffset)
+                    (_recentOffset, _recentData) = (-1, null);
             }
         }
 
         /// <summary>Forgets unwritten repairs (and the cached copies they changed).</summary>
         public void DropDirty()
         {
+            (_recentOffset, _recentData) = (-1, null);
             foreach (var off in _dirty.Keys)
                 _cache.Remove(off);
             _dirty.Clear();

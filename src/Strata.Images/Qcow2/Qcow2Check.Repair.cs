@@ -418,9 +418,15 @@ public static partial class Qcow2Check
                     var type = TypeOf(e);
                     if (type is not (L2Type.Normal or L2Type.ZeroAlloc))
                         continue;
-                    ulong? r = await _stored.GetAsync((long)((e & L2OffsetMask) >> _cb), ct).ConfigureAwait(false);
-                    if (r is not ulong dataRc)
-                        continue;
+                    long dataCluster = (long)((e & L2OffsetMask) >> _cb);
+                    ulong dataRc;
+                    if (!_stored.TryGetRecent(dataCluster, out dataRc))
+                    {
+                        ulong? r = await _stored.GetAsync(dataCluster, ct).ConfigureAwait(false);
+                        if (r is not ulong rr)
+                            continue;
+                        dataRc = rr;
+                    }
                     if ((dataRc == 1) == ((e & OflagCopied) != 0))
                         continue;
                     _res.Corruptions++;

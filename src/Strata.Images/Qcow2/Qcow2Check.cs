@@ -73,6 +73,8 @@ public sealed record Qcow2CheckResult
 /// with <see cref="Qcow2RepairMode.None"/> and report that one. Memory is bounded by the file's size (the in-memory
 /// refcounts only cover clusters that are referenced and at most one cluster past the end of the file), and the
 /// metadata read is bounded by a multiple of it, so hostile images cannot make the check hang.
+/// As in QEMU 7.2, a pass that rebuilt the refcount structure counts the allocation statistics twice (QEMU walks
+/// the tables again after the rebuild); the second pass qemu-img runs after any repair reports them right.
 /// </remarks>
 public static partial class Qcow2Check
 {
@@ -216,7 +218,7 @@ public static partial class Qcow2Check
             _perBlock = 1L << _blockBits;
             _rcMax = _order == 6 ? ulong.MaxValue : (1UL << (1 << _order)) - 1;
             _imrt = new RefcountArray(_cs, _order);
-            _stored = new StoredRefcounts(_file, _cs, _order, []);
+            _stored = NewStoredRefcounts([]);
         }
 
         private void Log(string line) => _log.Add(line);

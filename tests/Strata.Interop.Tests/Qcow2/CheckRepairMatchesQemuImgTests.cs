@@ -107,6 +107,22 @@ public sealed class CheckRepairMatchesQemuImgTests
     }
 
     [Fact]
+    public async Task RebuildWithARefcountTableOfSeveralClusters_MatchesQemuImg()
+    {
+        QemuTools.RequireTools();
+        using var dir = new TempDir("chkfix");
+        // 512-byte clusters with 64-bit refcounts: a refcount block covers 64 clusters, a table cluster 64 blocks,
+        // so 9 MiB of data need a refcount table of several clusters, which the rebuild must place and grow.
+        string path = CheckMatchesQemuImgTests.MakeImage(dir, "big", "cluster_size=512,refcount_bits=64",
+            "write -P 1 0 8M;write -P 2 30M 1M", 64L << 20);
+        string pristine = dir.Combine("pristine.qcow2");
+        File.Copy(path, pristine);
+        var raw = new RawQcow2(path);
+        raw.SetRefcount(raw.HostCluster(5 << 20), 0);
+        await AssertCheckAndRepairs(path, pristine, repairable: true);
+    }
+
+    [Fact]
     public async Task CompressedClusterWithCopiedFlag_MatchesQemuImg()
     {
         QemuTools.RequireTools();

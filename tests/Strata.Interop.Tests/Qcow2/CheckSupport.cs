@@ -76,28 +76,28 @@ internal static class CheckSupport
     }
 
     /// <summary>Both checkers on identical copies of <paramref name="path"/>; asserts the same counts and stderr lines.</summary>
-    public static async Task<(string Theirs, string Ours)> AssertSameCheck(string path, Qcow2RepairMode mode, string tag)
+    public static async Task<(string Theirs, string Ours)> AssertSameCheck(string path, Qcow2RepairMode mode, string tag, string context = "")
     {
         string theirs = path + $".{tag}.qemu", ours = path + $".{tag}.strata";
         File.Copy(path, theirs, overwrite: true);
         File.Copy(path, ours, overwrite: true);
         var q = QemuCheck(theirs, mode);
         var s = await StrataCheck(ours, mode);
-        Assert.True(q.Counts == s.Counts, $"[{tag}] counts differ\nqemu-img: {q}\nstrata:   {s}");
-        Assert.True(q.Messages.SequenceEqual(s.Messages), $"[{tag}] messages differ\nqemu-img: {q}\nstrata:   {s}");
+        Assert.True(q.Counts == s.Counts, $"[{tag}] {context} counts differ\nqemu-img: {q}\nstrata:   {s}");
+        Assert.True(q.Messages.SequenceEqual(s.Messages), $"[{tag}] {context} messages differ\nqemu-img: {q}\nstrata:   {s}");
         return (theirs, ours);
     }
 
     /// <summary>Files identical byte for byte (holes read as zeroes), else the first difference.</summary>
-    public static void AssertSameBytes(string a, string b)
+    public static void AssertSameBytes(string a, string b, string context = "")
     {
         var x = File.ReadAllBytes(a);
         var y = File.ReadAllBytes(b);
         int n = Math.Min(x.Length, y.Length);
         for (int i = 0; i < n; i++)
             if (x[i] != y[i])
-                Assert.Fail($"{Path.GetFileName(a)} and {Path.GetFileName(b)} first differ at 0x{i:x}");
-        Assert.True(x.Length == y.Length, $"lengths differ: {x.Length} vs {y.Length}");
+                Assert.Fail($"{Path.GetFileName(a)} and {Path.GetFileName(b)} first differ at 0x{i:x} {context}");
+        Assert.True(x.Length == y.Length, $"lengths differ: {x.Length} vs {y.Length} {context}");
     }
 
     private static List<string> Lines(string s) =>
