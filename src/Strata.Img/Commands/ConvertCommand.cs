@@ -489,7 +489,11 @@ public static class ConvertCommand
                     if (status == BlkStatus.Data)
                         data = ReadAsync(s, sectorNum, n);
                     else
-                        data = Task.FromResult<byte[]?>(new byte[n * SectorSize]);
+                    {
+                        var zeros = System.Buffers.ArrayPool<byte>.Shared.Rent(n * SectorSize);
+                        Array.Clear(zeros, 0, n * SectorSize);
+                        data = Task.FromResult<byte[]?>(zeros);
+                    }
                     status = BlkStatus.Data;
                 }
                 else
@@ -506,6 +510,8 @@ public static class ConvertCommand
                     prog.Print(100.0f * allocatedDone / allocatedSectors, 0);
             }
             await WriteAsync(s, c.SectorNum, c.Sectors, buf, c.Status);
+            if (buf != null)
+                System.Buffers.ArrayPool<byte>.Shared.Return(buf);
         }
         if (s.Compressed && s.Target is Qcow2Image cq)
             await cq.WriteCompressedAsync(ReadOnlyMemory<byte>.Empty, 0);
@@ -517,7 +523,8 @@ public static class ConvertCommand
     /// <summary>convert_co_read: the sources concatenated.</summary>
     private static async Task<byte[]?> ReadAsync(State s, long sectorNum, int nbSectors)
     {
-        var buf = new byte[nbSectors * SectorSize];
+        // Pooled: chunks are megabytes, and fresh arrays of that size would each go through the large object heap.
+        var buf = System.Buffers.ArrayPool<byte>.Shared.Rent(nbSectors * SectorSize);
         int done = 0;
         while (nbSectors > 0)
         {
