@@ -1,4 +1,3 @@
-using Strata.Img.Tests.Oracle;
 
 namespace Strata.Img.Tests;
 

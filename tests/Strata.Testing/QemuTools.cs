@@ -1,7 +1,7 @@
 using System.Collections.Concurrent;
 using System.Diagnostics;
 
-namespace Strata.Interop.Tests.Oracle;
+namespace Strata.Testing;
 
 /// <summary>
 /// Runs the QEMU oracle tools (qemu-img, qemu-io, qemu-storage-daemon, nbdinfo, ...)
@@ -128,10 +128,22 @@ public static class QemuTools
         return Resolve("dotnet");
     }
 
-    private static ProcessResult RunProcess(string fileName, IReadOnlyList<string> args, TimeSpan timeout)
+    /// <summary>Runs a tool in <paramref name="workingDirectory"/> (relative image names resolve there).</summary>
+    public static ProcessResult RunIn(string workingDirectory, string tool, params string[] args) =>
+        RunProcess(Resolve(tool), args, DefaultTimeout, workingDirectory);
+
+    /// <summary>Runs the built strata-img in <paramref name="workingDirectory"/>.</summary>
+    public static ProcessResult StrataImgIn(string workingDirectory, params string[] args)
+    {
+        var (fileName, prefix) = StrataImgCommand();
+        return RunProcess(fileName, [.. prefix, .. args], DefaultTimeout, workingDirectory);
+    }
+
+    private static ProcessResult RunProcess(string fileName, IReadOnlyList<string> args, TimeSpan timeout, string? workingDirectory = null)
     {
         var psi = new ProcessStartInfo(fileName)
         {
+            WorkingDirectory = workingDirectory ?? "",
             RedirectStandardInput = true,
             RedirectStandardOutput = true,
             RedirectStandardError = true,

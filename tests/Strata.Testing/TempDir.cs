@@ -1,9 +1,9 @@
-namespace Strata.Img.Tests.Oracle;
+namespace Strata.Testing;
 
 /// <summary>
 /// A unique scratch directory under /var/tmp/strata-tests (not /tmp: it may be tmpfs,
 /// which refuses O_DIRECT), deleted with everything in it on dispose.
-/// STRATA_TEST_TMPDIR overrides the root.
+/// STRATA_TEST_TMPDIR overrides the root. Short names keep unix socket paths under 108 bytes.
 /// </summary>
 public sealed class TempDir : IDisposable
 {
@@ -13,7 +13,7 @@ public sealed class TempDir : IDisposable
     public TempDir(string prefix = "t")
     {
         Directory.CreateDirectory(Root);
-        Path = System.IO.Path.Combine(Root, $"{prefix}-{Environment.ProcessId}-{Guid.NewGuid():N}");
+        Path = System.IO.Path.Combine(Root, $"{prefix}-{Environment.ProcessId}-{Guid.NewGuid().ToString("N")[..12]}");
         Directory.CreateDirectory(Path);
     }
 

@@ -1,6 +1,6 @@
 using System.Text;
 
-namespace Strata.Img.Tests.Oracle;
+namespace Strata.Testing;
 
 /// <summary>What one run of an external tool produced.</summary>
 public sealed record ProcessResult(
