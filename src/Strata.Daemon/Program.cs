@@ -1,6 +1,7 @@
 using Microsoft.Extensions.Logging;
 using Strata.Daemon;
 using Strata.Daemon.Cli;
+using Strata.Daemon.Logging;
 
 // strata-daemon: qemu-storage-daemon's command line over Strata's block layer. With no arguments it runs
 // the embedded default (./strata-data). This file only wires things up.
@@ -64,7 +65,7 @@ var level = cl.LogLevel switch
     "error" => LogLevel.Error,
     _ => LogLevel.Information,
 };
-using var loggers = LoggerFactory.Create(b => b.AddSimpleConsole(o => { o.SingleLine = true; o.TimestampFormat = "HH:mm:ss "; }).SetMinimumLevel(level));
+using var loggers = new LoggerFactory([new ConsoleLineLoggerProvider(level)], new LoggerFilterOptions { MinLevel = level });
 var host = new DaemonHost(cl, loggers);
 if (embedded)
     EmbeddedDefault.PrintHowToConnect(DataDir);
