@@ -106,7 +106,14 @@ public static class SnapshotCommand
 
             case Action.Apply:
                 if (q == null)
+                {
+                    // QEMU reopens the file below a raw node to try it instead, and probes (and warns) again.
+                    if (fmt == null && img.FormatName == "raw")
+                        Io.ErrorRaw($"WARNING: Image format was not specified for '{filename}' and probing guessed raw.\n" +
+                            "         Automatically detecting the format is dangerous for raw images, write operations on block 0 will be restricted.\n" +
+                            "         Specify the 'raw' format explicitly to remove the restrictions.\n");
                     throw Io.Fail($"Could not apply snapshot '{name}': Block driver does not support snapshots");
+                }
                 try
                 {
                     await q.ApplySnapshotAsync(name!);
