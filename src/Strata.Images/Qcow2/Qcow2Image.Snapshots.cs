@@ -203,7 +203,7 @@ public sealed partial class Qcow2Image
             var list = await LoadSnapshotsLockedAsync(ct).ConfigureAwait(false);
             int index = FindSnapshotByIdOrName(list, idOrName);
             if (index < 0)
-                throw new SnapshotException(SnapshotException.ENOENT);
+                throw new SnapshotException(SnapshotException.ENOENT, detail: "Can't find the snapshot");
             sn = list[index];
             ValidateSnapshotL1(sn, asReport: true);
         }
