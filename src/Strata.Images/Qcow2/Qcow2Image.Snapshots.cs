@@ -95,7 +95,7 @@ public sealed partial class Qcow2Image
             var list = await LoadSnapshotsLockedAsync(ct).ConfigureAwait(false);
             if (list.Count >= MaxSnapshots)
                 throw new SnapshotException(SnapshotException.EFBIG);
-            await FlushMetadataLockedAsync(ct).ConfigureAwait(false);
+            await FlushIfDirtyLockedAsync(ct).ConfigureAwait(false);
             await CheckReferencesFitAsync(_l1, ct).ConfigureAwait(false);
 
             var date = info.Date ?? DateTimeOffset.UtcNow;
@@ -158,7 +158,7 @@ public sealed partial class Qcow2Image
             var sn = list[index];
             ValidateSnapshotL1(sn, asReport: false);
             var snL1 = await ReadSnapshotL1Async(sn, sn.L1Size, ct).ConfigureAwait(false);
-            await FlushMetadataLockedAsync(ct).ConfigureAwait(false);
+            await FlushIfDirtyLockedAsync(ct).ConfigureAwait(false);
 
             var newList = new List<Qcow2Snapshot>(list);
             newList.RemoveAt(index);
@@ -226,7 +226,7 @@ public sealed partial class Qcow2Image
         await LockAllAsync(ct).ConfigureAwait(false);
         try
         {
-            await FlushMetadataLockedAsync(ct).ConfigureAwait(false);
+            await FlushIfDirtyLockedAsync(ct).ConfigureAwait(false);
             if (sn.L1Size > _l1.Length)
                 await GrowL1LockedAsync((int)sn.L1Size, ct).ConfigureAwait(false);
             var snL1 = await ReadSnapshotL1Async(sn, _l1.Length, ct).ConfigureAwait(false);
@@ -312,6 +312,13 @@ public sealed partial class Qcow2Image
     }
 
     // ---- helpers ------------------------------------------------------------------------------------------
+
+    /// <summary>Makes cached metadata durable before a snapshot operation (nothing to do when none is dirty).</summary>
+    private async ValueTask FlushIfDirtyLockedAsync(CancellationToken ct)
+    {
+        if (_rc.IsDirty || _l2Cache.HasDirty || _dirtyL1.Count > 0 || _rc.HasPendingFrees)
+            await FlushMetadataLockedAsync(ct).ConfigureAwait(false);
+    }
 
     private async ValueTask LockAllAsync(CancellationToken ct)
     {
@@ -591,7 +598,7 @@ public sealed partial class Qcow2Image
         {
             offset = await _rc.AllocateClustersAsync((table.Length + _cs - 1) >> _cb, ct).ConfigureAwait(false);
             await _rc.WriteDirtyAsync(ct).ConfigureAwait(false);
-            await _file.FlushAsync(ct).ConfigureAwait(false);
+            // Nothing points at the new clusters yet: one flush below covers their refcounts and the table.
             if (_metadata.Overlap(offset >> _cb, (table.Length + _cs - 1) >> _cb) is { } used)
                 throw await SignalCorruptionAsync($"Preventing invalid write on metadata (overlaps with {used})").ConfigureAwait(false);
             await _file.WriteAsync(table, offset, ct).ConfigureAwait(false);
