@@ -157,6 +157,53 @@ public sealed class SnapshotCommandTests
     }
 
     [Fact]
+    public async Task VmStateClockIcountAndUnknownExtraData_AreShownAsQemuShowsThem_AndSurviveARewrite()
+    {
+        QemuTools.RequireTools();
+        using var dir = new TempDir("snapfields");
+        string img = dir.Combine("f.qcow2");
+        QemuTools.QemuImg("create", "-q", "-f", "qcow2", img, "4M").EnsureSuccess();
+        QemuTools.QemuImg("snapshot", "-c", "a", img).EnsureSuccess();
+        QemuTools.QemuImg("snapshot", "-c", "b", img).EnsureSuccess();
+
+        // What a VM's savevm leaves (state size, guest clock, no icount) and extra data from a newer writer.
+        List<Strata.Images.Qcow2.Qcow2Snapshot> list;
+        long offset;
+        await using (var f = Strata.Images.Storage.FileStorage.Open(img, Strata.Images.Storage.FileStorageOptions.Default))
+        {
+            var hdr = new byte[72];
+            await f.ReadAsync(hdr, 0);
+            offset = (long)BinaryPrimitives.ReadUInt64BigEndian(hdr.AsSpan(64));
+            list = (await Strata.Images.Qcow2.SnapshotTable.ReadAsync(f, offset, 2, 4 << 20)).Snapshots;
+            list[0].VmStateSize = 5_000_000_123;
+            list[0].VmClockNanoseconds = 3_725_500_000_000; // 01:02:05.500
+            list[0].Icount = ulong.MaxValue;
+            list[1].VmStateSize = 70_000;
+            list[1].VmClockNanoseconds = 400_000_000_000_000; // more than 99 hours
+            list[1].Icount = 123_456_789;
+            list[1].UnknownExtraData = [1, 2, 3, 4, 5, 6, 7, 8, 9];
+            await f.WriteAsync(Strata.Images.Qcow2.SnapshotTable.Serialize(list), offset);
+            await f.FlushAsync();
+        }
+        Differential.AssertSame(dir.Path, "snapshot", "-l", "f.qcow2");
+        Differential.AssertSame(dir.Path, "info", "f.qcow2");
+        Differential.AssertSame(dir.Path, "info", "--output=json", "f.qcow2");
+
+        // strata-img rewrites the table: every field of the old entries stays, and qemu-img still agrees.
+        QemuTools.StrataImgIn(dir.Path, "snapshot", "-c", "c", "f.qcow2").EnsureSuccess();
+        QemuTools.QemuImg("check", img).EnsureSuccess();
+        await using (var f = Strata.Images.Storage.FileStorage.Open(img, Strata.Images.Storage.FileStorageOptions.Default))
+        {
+            var hdr = new byte[72];
+            await f.ReadAsync(hdr, 0);
+            var after = (await Strata.Images.Qcow2.SnapshotTable.ReadAsync(f, (long)BinaryPrimitives.ReadUInt64BigEndian(hdr.AsSpan(64)), 3, 4 << 20)).Snapshots;
+            Assert.Equal(Strata.Images.Qcow2.SnapshotTable.Serialize(list), Strata.Images.Qcow2.SnapshotTable.Serialize(after.Take(2).ToList()));
+        }
+        Differential.AssertSame(dir.Path, "snapshot", "-l", "f.qcow2");
+        Differential.AssertSame(dir.Path, "info", "--output=json", "f.qcow2");
+    }
+
+    [Fact]
     public void ConvertAndMeasureWithSnapshot_MatchQemuImg()
     {
         QemuTools.RequireTools();
