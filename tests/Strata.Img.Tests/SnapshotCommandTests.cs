@@ -71,7 +71,7 @@ public sealed class SnapshotCommandTests
             Assert.Contains("\"snapshots\"", QemuTools.StrataImgIn(dir.Path, "info", "--output=json", image).StdOut);
         }
         QemuTools.QemuImg("check", s).EnsureSuccess();
-        foreach (var name in new[] { "s3", "s1" })
+        foreach (var name in new[] { "s3", "s2" })
         {
             QemuTools.QemuImg("convert", "-l", $"snapshot.name={name}", "-O", "raw", q, dir.Combine("q.raw")).EnsureSuccess();
             QemuTools.QemuImg("convert", "-l", $"snapshot.name={name}", "-O", "raw", s, dir.Combine("s.raw")).EnsureSuccess();
