@@ -34,7 +34,12 @@ seconds() { # CMD...: prints the seconds it took
 }
 
 "$QEMU_IMG" create -q -f qcow2 "$W/full.qcow2" "${SIZE_MB}M"
-qemu-io -c "write -P 0x5a 0 ${SIZE_MB}M" "$W/full.qcow2" >/dev/null
+# qemu-io takes at most 2 GiB per request: write in 256 MiB pieces.
+writes=()
+for ((m = 0; m < SIZE_MB; m += 256)); do
+    writes+=(-c "write -P 0x5a ${m}M $((SIZE_MB - m < 256 ? SIZE_MB - m : 256))M")
+done
+qemu-io "${writes[@]}" "$W/full.qcow2" >/dev/null
 cp "$W/full.qcow2" "$W/q.qcow2"
 cp "$W/full.qcow2" "$W/s.qcow2"
 rm "$W/full.qcow2"
