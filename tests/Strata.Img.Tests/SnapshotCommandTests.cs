@@ -203,6 +203,36 @@ public sealed class SnapshotCommandTests
         Differential.AssertSame(dir.Path, "info", "--output=json", "f.qcow2");
     }
 
+    [Theory]
+    [InlineData("7x", "abc")]
+    [InlineData(" 12", "+3")]
+    [InlineData("-1", "2")]
+    [InlineData("99999999999999999999999", "1")]
+    public async Task NewIds_FollowQemusStrtoulRule(string id0, string id1)
+    {
+        QemuTools.RequireTools();
+        using var dir = new TempDir("snapids");
+        string q = dir.Combine("q.qcow2"), s = dir.Combine("s.qcow2");
+        QemuTools.QemuImg("create", "-q", "-f", "qcow2", q, "1M").EnsureSuccess();
+        QemuTools.QemuImg("snapshot", "-c", "a", q).EnsureSuccess();
+        QemuTools.QemuImg("snapshot", "-c", "b", q).EnsureSuccess();
+        await using (var f = Strata.Images.Storage.FileStorage.Open(q, Strata.Images.Storage.FileStorageOptions.Default))
+        {
+            var hdr = new byte[72];
+            await f.ReadAsync(hdr, 0);
+            long offset = (long)BinaryPrimitives.ReadUInt64BigEndian(hdr.AsSpan(64));
+            var list = (await Strata.Images.Qcow2.SnapshotTable.ReadAsync(f, offset, 2, 1 << 20)).Snapshots;
+            list[0].Id = id0;
+            list[1].Id = id1;
+            await f.WriteAsync(Strata.Images.Qcow2.SnapshotTable.Serialize(list), offset);
+        }
+        File.Copy(q, s);
+        QemuTools.RunIn(dir.Path, "qemu-img", "snapshot", "-c", "c", "q.qcow2").EnsureSuccess();
+        QemuTools.StrataImgIn(dir.Path, "snapshot", "-c", "c", "s.qcow2").EnsureSuccess();
+        AssertSameBytes(q, s, $"IDs '{id0}', '{id1}'");
+        Differential.AssertSame(dir.Path, "snapshot", "-l", "s.qcow2");
+    }
+
     [Fact]
     public void ConvertAndMeasureWithSnapshot_MatchQemuImg()
     {
