@@ -14,6 +14,8 @@ using Strata.Images.Storage;
 //   O <id> D <off> <len> 0      discard
 //   F <id>                      (printed after a flush or close returned) every op up to <id> had completed before
 //                               the flush started, so all of them are durable
+if (args.Length > 0 && args[0] == "snapshot")
+    return await SnapshotMode.RunAsync(args[1..]);
 if (args.Length is not (4 or 6))
 {
     Console.Error.WriteLine("usage: strata-crash-writer <image> <size> <options|-> <seed> [<backing> <backing-format>]");

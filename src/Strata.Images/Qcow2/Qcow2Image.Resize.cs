@@ -14,8 +14,9 @@ public sealed partial class Qcow2Image
             throw new ArgumentException($"Image size must be a multiple of 512 bytes ({newSize} requested for '{_file.Name}')");
         if (newSize < _h.Size && !allowShrink)
             throw new ImageException($"Use the --shrink option to perform a shrink operation on '{_file.Name}'");
-        if (newSize < _h.Size && _h.SnapshotCount > 0)
-            throw new ImageException($"Can't resize an image which has snapshots ('{_file.Name}')");
+        // v3 snapshots record their disk size; v2 ones do not, so QEMU refuses any resize then.
+        if (_h.SnapshotCount > 0 && _h.Version < 3)
+            throw new ImageException($"Can't resize a v2 image which has snapshots ('{_file.Name}')");
         if (newSize < _h.Size && prealloc != Preallocation.Off)
             throw new ImageException("Preallocation can't be used for shrinking an image");
         if (L1EntriesFor(newSize) * 8 > MaxL1SizeBytes)

@@ -67,6 +67,8 @@ public static class ConvertCommand
         string? fmt = null, outFmt = null, outBaseimg = null, backingFmt = null, options = null;
         bool progress = false, quiet = false, skipCreate = false, explicitMinSparse = false, targetIsZero = false, copyRange = false;
         bool tgtImageOpts = false, bitmaps = false, skipBroken = false;
+        SnapshotParam? snapshot = null;
+        IImage? snapshotBase = null;
         int minSparse = 8, numCoroutines = 8;
         var (opts, pos) = GetOpt.Parse(args, ":hf:O:B:CcF:o:l:S:pt:T:qnm:WUr:", Longs);
         bool compressed = false;
@@ -86,7 +88,7 @@ public static class ConvertCommand
                         throw Io.Fail($"Invalid option list: {o.Value}");
                     options = options == null ? o.Value : options + "," + o.Value;
                     break;
-                case 'l': throw Io.Fail("Snapshots are not supported yet");
+                case 'l': snapshot = SnapshotParam.Parse(o.Value!); break;
                 case 'S':
                 {
                     var err = Sizes.Strtosz(o.Value!, out ulong sval, out _);
@@ -163,6 +165,8 @@ public static class ConvertCommand
         {
             foreach (var s in sources)
                 await s.DisposeAsync();
+            if (snapshotBase != null)
+                await snapshotBase.DisposeAsync();
             if (rc == 0)
                 prog.Print(100, 0);
             prog.End();
@@ -198,6 +202,15 @@ public static class ConvertCommand
                 st.SrcSectors[i] = ImageIo.VirtualSize(img) / SectorSize;
                 st.SrcAlignment[i] = img is Qcow2Image q ? Math.Max(1, q.ClusterSize / SectorSize) : 1;
                 st.TotalSectors += st.SrcSectors[i];
+            }
+            if (snapshot != null)
+            {
+                if (snapshot.IdOrName != null && srcNum > 1)
+                    throw Io.Fail("No support for concatenating multiple snapshot");
+                // The snapshot's view reads in place of the first source (QEMU's bdrv_snapshot_load_tmp).
+                snapshotBase = sources[0];
+                sources[0] = await snapshot.LoadAsync(snapshotBase);
+                st.SrcStatus[0] = new ChainStatus(sources[0], pos[0]);
             }
 
             QemuOpts? qopts = null;

@@ -27,6 +27,8 @@ public static class MeasureCommand
         string outFmt = "raw";
         bool json = false;
         long imgSize = -1;
+        SnapshotParam? snapshot = null;
+        IImage? snapshotBase = null;
         var (opts, pos) = GetOpt.Parse(args, "hf:O:o:l:U", Longs, gnuName: "measure");
         foreach (var o in opts)
         {
@@ -40,7 +42,7 @@ public static class MeasureCommand
                         throw Io.Fail($"Invalid option list: {o.Value}");
                     options = options == null ? o.Value : options + "," + o.Value;
                     break;
-                case 'l': throw Io.Fail("Snapshots are not supported yet");
+                case 'l': snapshot = SnapshotParam.Parse(o.Value!); break;
                 case 'U': break;
                 case OptOutput:
                     json = o.Value switch
@@ -56,7 +58,7 @@ public static class MeasureCommand
         if (pos.Count > 1)
             throw Io.Fail("At most one filename argument is allowed.");
         string? filename = pos.Count == 1 ? pos[0] : null;
-        if (filename == null && fmt != null)
+        if (filename == null && (fmt != null || snapshot != null))
             throw Io.Fail("--image-opts, -f, and -l require a filename argument.");
         if (filename != null && imgSize != -1)
             throw Io.Fail("--size N cannot be used together with a filename.");
@@ -66,6 +68,12 @@ public static class MeasureCommand
         IImage? img = filename != null ? await ImageOpen.OpenAsync(filename, fmt) : null;
         try
         {
+            if (snapshot != null && img != null)
+            {
+                snapshotBase = img;
+                img = null;
+                img = await snapshot.LoadAsync(snapshotBase);
+            }
             var descs = OptLists.ForFormat(outFmt) ?? throw Io.Fail($"Unknown file format '{outFmt}'");
             var qopts = new QemuOpts(OptLists.Append(descs, OptLists.File));
             if (options != null)
@@ -115,6 +123,8 @@ public static class MeasureCommand
         {
             if (img != null)
                 await img.DisposeAsync();
+            if (snapshotBase != null)
+                await snapshotBase.DisposeAsync();
         }
     }
 
