@@ -19,6 +19,8 @@ namespace Strata.Img
             ["convert"] = ConvertCommand.RunAsync,
             ["resize"] = ResizeCommand.RunAsync,
             ["bench"] = BenchCommand.RunAsync,
+            ["rebase"] = RebaseCommand.RunAsync,
+            ["commit"] = CommitCommand.RunAsync,
         };
 
         private static readonly LongOption[] TopLongs =
