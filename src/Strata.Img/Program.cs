@@ -21,6 +21,7 @@ namespace Strata.Img
             ["bench"] = BenchCommand.RunAsync,
             ["rebase"] = RebaseCommand.RunAsync,
             ["commit"] = CommitCommand.RunAsync,
+            ["amend"] = AmendCommand.RunAsync,
         };
 
         private static readonly LongOption[] TopLongs =
