@@ -177,7 +177,6 @@ public sealed class ChainCommandTests
         ["commit", "-b", "top.qcow2", "top.qcow2"],
         ["commit", "base.qcow2"],
         ["commit", "-r", "1x", "top.qcow2"],
-        ["commit", "-b", "mid.qcow2", "-q", "top.qcow2"],
         ["amend", "top.qcow2"],
         ["amend", "-o", "cluster_size=4k", "top.qcow2"],
         ["amend", "-o", "encrypt.format=luks", "top.qcow2"],
