@@ -53,24 +53,24 @@ public static class Rebase
                         continue;
                 }
 
-                bool oldIsZero = false;
-                if (offset >= oldSize)
-                {
-                    bufOld.AsSpan(0, (int)n).Clear();
-                    oldIsZero = true;
-                }
-                else
-                {
+                // Trim to what each backing file covers first, then read both at once.
+                bool oldIsZero = offset >= oldSize;
+                if (!oldIsZero)
                     n = Math.Min(n, oldSize - offset);
-                    await oldBacking!.ReadAsync(bufOld.AsMemory(0, (int)n), offset, ct).ConfigureAwait(false);
-                }
-                if (newBacking == null || offset >= newSize)
+                bool newIsZero = newBacking == null || offset >= newSize;
+                if (!newIsZero)
+                    n = Math.Min(n, newSize - offset);
+                ValueTask readOld = default, readNew = default;
+                if (oldIsZero)
+                    bufOld.AsSpan(0, (int)n).Clear();
+                else
+                    readOld = oldBacking!.ReadAsync(bufOld.AsMemory(0, (int)n), offset, ct);
+                if (newIsZero)
                     bufNew.AsSpan(0, (int)n).Clear();
                 else
-                {
-                    n = Math.Min(n, newSize - offset);
-                    await newBacking.ReadAsync(bufNew.AsMemory(0, (int)n), offset, ct).ConfigureAwait(false);
-                }
+                    readNew = newBacking!.ReadAsync(bufNew.AsMemory(0, (int)n), offset, ct);
+                await readOld.ConfigureAwait(false);
+                await readNew.ConfigureAwait(false);
 
                 long done = 0;
                 while (done < n)
