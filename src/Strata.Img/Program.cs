@@ -20,6 +20,9 @@ namespace Strata.Img
             ["resize"] = ResizeCommand.RunAsync,
             ["bench"] = BenchCommand.RunAsync,
             ["snapshot"] = SnapshotCommand.RunAsync,
+            ["rebase"] = RebaseCommand.RunAsync,
+            ["commit"] = CommitCommand.RunAsync,
+            ["amend"] = AmendCommand.RunAsync,
         };
 
         private static readonly LongOption[] TopLongs =

@@ -51,7 +51,7 @@ public sealed partial class Qcow2Image : IImage
     private ulong[] _l1;
     private readonly SortedSet<int> _dirtyL1 = [];
     private readonly MetadataCache _l2Cache;
-    private readonly RefcountTable _rc;
+    private RefcountTable _rc;          // replaced when amend changes the refcount width
     private readonly MetadataMap _metadata;
     private readonly SemaphoreSlim _lock = new(1, 1);
     private IImage? _backing;

@@ -13,7 +13,7 @@ public sealed class Progress(bool enabled, float minSkip)
     {
         if (!enabled)
             return;
-        float current = max == 0 ? delta : _current + delta / 100 * max;
+        float current = Math.Min(100, max == 0 ? delta : _current + delta / 100 * max); // QEMU caps at 100%
         _current = current;
         if (current > _lastPrint + minSkip || current < _lastPrint - minSkip || current == 0 || current == 100)
         {
