@@ -19,6 +19,7 @@ namespace Strata.Img
             ["convert"] = ConvertCommand.RunAsync,
             ["resize"] = ResizeCommand.RunAsync,
             ["bench"] = BenchCommand.RunAsync,
+            ["bitmap"] = BitmapCommand.RunAsync,
         };
 
         private static readonly LongOption[] TopLongs =
