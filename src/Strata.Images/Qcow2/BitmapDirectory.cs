@@ -55,7 +55,14 @@ public static class BitmapDirectory
         // Past the end of the file reads as zeroes, as QEMU's file driver pads short reads.
         if ((long)ext.DirectoryOffset < file.Length)
             await file.ReadAsync(raw.AsMemory(0, (int)Math.Min(raw.Length, file.Length - (long)ext.DirectoryOffset)), (long)ext.DirectoryOffset, ct).ConfigureAwait(false);
-        return Parse(raw, ext.Count, clusterSize, diskSize);
+        try
+        {
+            return Parse(raw, ext.Count, clusterSize, diskSize);
+        }
+        catch (CorruptImageException e)
+        {
+            throw new CorruptImageException($"{e.Message} in '{file.Name}'");
+        }
     }
 
     /// <summary>bitmap_list_load: every entry checked as QEMU does; a broken directory throws with QEMU's message.</summary>

@@ -50,12 +50,12 @@ internal static class PersistentBitmaps
         }
         catch (CorruptImageException)
         {
-            throw new CorruptImageException($"Could not read bitmap_table table from image for bitmap '{e.Name}': Invalid argument");
+            throw new CorruptImageException($"Could not read bitmap_table table from image for bitmap '{e.Name}': Invalid argument in '{file.Name}'");
         }
         long size = bitmap.Size;
         long tabSize = (bitmap.SerializationSize(0, size) + clusterSize - 1) / clusterSize;
         if (tabSize != e.TableSize || tabSize > BitmapDirectory.MaxTableSize)
-            throw new CorruptImageException($"Could not read bitmap '{e.Name}' from image: Invalid argument");
+            throw new CorruptImageException($"Could not read bitmap '{e.Name}' from image: Invalid argument in '{file.Name}'");
         long limit = bitmap.SerializationCoverage(clusterSize);
         var buf = new byte[clusterSize];
         long offset = 0;

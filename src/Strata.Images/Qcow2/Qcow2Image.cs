@@ -158,8 +158,8 @@ public sealed partial class Qcow2Image : IImage
                     await img.RepairDirtyAsync(ct).ConfigureAwait(false);
                 await img.PrepareForWritingAsync(ct).ConfigureAwait(false);
             }
-            if (!options.ForCheck)
-                await img.LoadBitmapsAsync(ct).ConfigureAwait(false);
+            // As in QEMU, check too loads the bitmaps: a directory it cannot load fails the open.
+            await img.LoadBitmapsAsync(ct).ConfigureAwait(false);
             if (options.OpenBacking != null && h.BackingFileName != null)
                 img._backing = await options.OpenBacking(h, ct).ConfigureAwait(false);
         }
