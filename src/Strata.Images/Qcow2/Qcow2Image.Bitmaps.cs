@@ -335,12 +335,16 @@ public sealed partial class Qcow2Image
         {
             return; // QEMU leaves a broken table's clusters leaked
         }
+        // A cluster past the end of the file was never allocated: QEMU's free fails there and goes on (a leak
+        // at worst); so does this one, silently.
+        long fileEnd = _file.Length;
         foreach (ulong e in table)
         {
             long off = (long)(e & BitmapDirectory.TableEntryOffsetMask);
-            if (off != 0)
+            if (off != 0 && off < fileEnd)
                 _rc.DeferFree(off, _cs);
         }
-        _rc.DeferFree(tableOffset, tableSize * 8L);
+        if (tableOffset + tableSize * 8L <= fileEnd)
+            _rc.DeferFree(tableOffset, tableSize * 8L);
     }
 }
