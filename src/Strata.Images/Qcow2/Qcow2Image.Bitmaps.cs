@@ -12,6 +12,7 @@ public sealed partial class Qcow2Image
 {
     private static int s_nodeCounter;
     private readonly DirtyBitmapSet _bitmaps = new();
+    private readonly List<long> _freedBitmapData = [];
 
     /// <summary>The node's dirty bitmaps (persistent ones from the image and any the block layer adds).</summary>
     public DirtyBitmapSet DirtyBitmaps => _bitmaps;
@@ -102,6 +103,7 @@ public sealed partial class Qcow2Image
                     await UpdateDirectoryLockedAsync(slots, ct).ConfigureAwait(false);
                     await FreeBitmapClustersLockedAsync(gone.TableOffset, gone.TableSize, ct).ConfigureAwait(false);
                     await FlushMetadataLockedAsync(ct).ConfigureAwait(false);
+                    await DiscardFreedBitmapDataLockedAsync(ct).ConfigureAwait(false);
                 }
             }
             finally
@@ -236,6 +238,7 @@ public sealed partial class Qcow2Image
             foreach (var (offset, size) in drop)
                 await FreeBitmapClustersLockedAsync(offset, size, ct).ConfigureAwait(false);
             await FlushMetadataLockedAsync(ct).ConfigureAwait(false);
+            await DiscardFreedBitmapDataLockedAsync(ct).ConfigureAwait(false);
         }
         finally
         {
@@ -321,6 +324,18 @@ public sealed partial class Qcow2Image
             _metadata.Add((long)ext.DirectoryOffset, (long)ext.DirectorySize, MetadataKind.BitmapDirectory);
     }
 
+    /// <summary>
+    /// Freed bitmap data clusters are discarded in the file, as QEMU does (QCOW2_DISCARD_ALWAYS), once their zero
+    /// refcount is durable; those reused since keep their data.
+    /// </summary>
+    private async ValueTask DiscardFreedBitmapDataLockedAsync(CancellationToken ct)
+    {
+        foreach (long off in _freedBitmapData)
+            if (await _rc.GetRefcountAsync(off >> _cb, ct).ConfigureAwait(false) == 0)
+                await _file.DiscardAsync(off, _cs, ct).ConfigureAwait(false);
+        _freedBitmapData.Clear();
+    }
+
     /// <summary>free_bitmap_clusters: the data clusters a table references, then the table (freed at the next flush).</summary>
     private async ValueTask FreeBitmapClustersLockedAsync(long tableOffset, uint tableSize, CancellationToken ct)
     {
@@ -342,7 +357,10 @@ public sealed partial class Qcow2Image
         {
             long off = (long)(e & BitmapDirectory.TableEntryOffsetMask);
             if (off != 0 && off < fileEnd)
+            {
                 _rc.DeferFree(off, _cs);
+                _freedBitmapData.Add(off);
+            }
         }
         if (tableOffset + tableSize * 8L <= fileEnd)
             _rc.DeferFree(tableOffset, tableSize * 8L);
