@@ -131,13 +131,17 @@ public sealed partial class Qcow2Image
             return;
         var entries = await BitmapDirectory.ReadAsync(_file, ext, _cs, Size, ct).ConfigureAwait(false);
         var slots = new List<Slot>(entries.Count);
+        var loaded = new List<DirtyBitmap>();
         bool needsUpdate = false;
         foreach (var e in entries)
         {
             var slot = new Slot(e);
             slots.Add(slot);
-            if (e.InUse && _bitmaps.Find(e.Name) != null)
+            bool known = _bitmaps.Find(e.Name) != null || loaded.Exists(b => b.Name == e.Name);
+            if (e.InUse && known)
                 continue;
+            if (known)
+                throw new BitmapException($"Bitmap already exists: {e.Name} in '{_file.Name}'");
             var bm = new DirtyBitmap(Size, e.Granularity, e.Name) { Persistent = true, Enabled = e.Auto, ReadOnly = _readOnly };
             if (e.InUse)
                 bm.Inconsistent = true;
@@ -147,8 +151,11 @@ public sealed partial class Qcow2Image
                 slot.Flags |= BitmapDirectoryEntry.FlagInUse;
                 needsUpdate = true;
             }
-            _bitmaps.Add(bm);
+            loaded.Add(bm);
         }
+        // Only a fully loaded directory becomes the node's bitmaps (a failed open must not store anything back).
+        foreach (var bm in loaded)
+            _bitmaps.Add(bm);
         _bitmaps.RefreshEnabled();
         if (needsUpdate && !_readOnly)
             await UpdateDirectoryInPlaceAsync(slots, ct).ConfigureAwait(false);
