@@ -114,6 +114,20 @@ public sealed partial class Qcow2Image
         _bitmaps.Remove(bm);
     }
 
+    /// <summary>qcow2_truncate_bitmaps_check: every bitmap must be usable to follow a resize (an inconsistent one is not).</summary>
+    private void CheckBitmapsResizable()
+    {
+        foreach (var b in _bitmaps.All)
+            DirtyBitmapSet.Check(b, BitmapCheck.Default);
+    }
+
+    /// <summary>bdrv_dirty_bitmap_truncate: bitmaps follow the new disk size (new space clean).</summary>
+    private void ResizeBitmaps(long newSize)
+    {
+        foreach (var b in _bitmaps.All)
+            b.Resize(newSize);
+    }
+
     /// <summary>Marks a guest range dirty in the enabled bitmaps (every write path calls this; cheap when none is enabled).</summary>
     private void RecordDirty(long offset, long length)
     {
