@@ -175,4 +175,63 @@ public static class BitmapCommand
         }
         data.Put("bitmaps", list);
     }
+
+    /// <summary>convert_check_bitmaps: the source must hold bitmaps and none may be inconsistent (unless skipped).</summary>
+    internal static bool CheckConvertSource(IImage src, bool skipBroken)
+    {
+        if (src is not Qcow2Image { Header.Version: >= 3 } q)
+        {
+            Io.Error("Source lacks bitmap support");
+            return false;
+        }
+        foreach (var b in q.DirtyBitmaps.All)
+        {
+            if (b.Persistent && !skipBroken && b.Inconsistent)
+            {
+                Io.Error($"Cannot copy inconsistent bitmap '{b.Name}'");
+                Io.ErrorRaw("Try --skip-broken-bitmaps, or use 'qemu-img bitmap --remove' to delete it\n");
+                return false;
+            }
+        }
+        return true;
+    }
+
+    /// <summary>convert_copy_bitmaps: each persistent bitmap of the source, same granularity and state, same bits.</summary>
+    internal static async ValueTask<bool> CopyForConvertAsync(IImage src, Qcow2Image dst, bool skipBroken)
+    {
+        var q = (Qcow2Image)src;
+        foreach (var b in q.DirtyBitmaps.All)
+        {
+            if (!b.Persistent)
+                continue;
+            if (skipBroken && b.Inconsistent)
+            {
+                Io.Warn($"Skipping inconsistent bitmap '{b.Name}'");
+                continue;
+            }
+            DirtyBitmap added;
+            try
+            {
+                added = await dst.AddDirtyBitmapAsync(b.Name!, b.Granularity, persistent: true, disabled: !b.Enabled);
+            }
+            catch (BitmapException e)
+            {
+                Io.Error($"Failed to create bitmap {b.Name}: {e.Message}");
+                return false;
+            }
+            try
+            {
+                DirtyBitmapSet.Merge(added, b);
+            }
+            catch (BitmapException e)
+            {
+                Io.Error($"Failed to populate bitmap {b.Name}: {e.Message}");
+                if (e.Hint != null)
+                    Io.ErrorRaw(e.Hint);
+                await dst.RemoveDirtyBitmapAsync(b.Name!);
+                return false;
+            }
+        }
+        return true;
+    }
 }
