@@ -13,6 +13,8 @@ public sealed class DirtyBitmap
 {
     public const int MinGranularityBits = 9;
     public const int MaxGranularityBits = 31;
+    /// <summary>At most 2^32 bits (512 MiB of memory, QEMU's BME_MAX_PHYS_SIZE): larger ones are refused, not allocated.</summary>
+    public const long MaxBits = 1L << 32;
 
     private readonly Lock _gate = new();
     private ulong[] _words;       // bit i = granule i
@@ -31,6 +33,8 @@ public sealed class DirtyBitmap
         Name = name;
         Size = size;
         _bits = BitsFor(size);
+        if (_bits > MaxBits)
+            throw new ArgumentOutOfRangeException(nameof(size), $"A bitmap of {_bits} bits (disk of {size} bytes at granularity {granularity}) is too large");
         _words = new ulong[(_bits + 63) >> 6];
         _summary = new ulong[(_words.Length + 63) >> 6];
     }
@@ -292,6 +296,8 @@ public sealed class DirtyBitmap
         lock (_gate)
         {
             long bits = BitsFor(newSize);
+            if (bits > MaxBits)
+                throw new ArgumentOutOfRangeException(nameof(newSize), $"A bitmap of {bits} bits is too large");
             if (bits < _bits)
                 SetBits(bits, _bits - 1, false);
             Array.Resize(ref _words, (int)((bits + 63) >> 6));

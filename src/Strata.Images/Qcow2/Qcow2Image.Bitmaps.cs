@@ -45,6 +45,8 @@ public sealed partial class Qcow2Image
             throw new BitmapException("Granularity must be power of 2 and at least 512");
         if (persistent)
             CheckCanStoreNew(name, g);
+        if (((Size + g - 1) >> System.Numerics.BitOperations.TrailingZeroCount(g)) > DirtyBitmap.MaxBits)
+            throw new BitmapException("Too much space will be occupied by the bitmap. Use larger granularity");
         var bm = new DirtyBitmap(Size, g, name) { Persistent = persistent, Enabled = !disabled };
         _bitmaps.Add(bm);
         return ValueTask.FromResult(bm);
@@ -115,10 +117,14 @@ public sealed partial class Qcow2Image
     }
 
     /// <summary>qcow2_truncate_bitmaps_check: every bitmap must be usable to follow a resize (an inconsistent one is not).</summary>
-    private void CheckBitmapsResizable()
+    private void CheckBitmapsResizable(long newSize)
     {
         foreach (var b in _bitmaps.All)
+        {
             DirtyBitmapSet.Check(b, BitmapCheck.Default);
+            if (((newSize + b.Granularity - 1) >> b.GranularityBits) > DirtyBitmap.MaxBits)
+                throw new BitmapException($"Bitmap '{b.Name}' would be too large for the new size; use a larger granularity");
+        }
     }
 
     /// <summary>bdrv_dirty_bitmap_truncate: bitmaps follow the new disk size (new space clean).</summary>
@@ -156,6 +162,8 @@ public sealed partial class Qcow2Image
                 continue;
             if (known)
                 throw new BitmapException($"Bitmap already exists: {e.Name} in '{_file.Name}'");
+            if (((Size + e.Granularity - 1) >> e.GranularityBits) > DirtyBitmap.MaxBits)
+                throw new CorruptImageException($"Bitmap '{e.Name}' is too large for the disk (granularity {e.Granularity}) in '{_file.Name}'");
             var bm = new DirtyBitmap(Size, e.Granularity, e.Name) { Persistent = true, Enabled = e.Auto, ReadOnly = _readOnly };
             if (e.InUse)
                 bm.Inconsistent = true;

@@ -21,7 +21,7 @@ public sealed partial class Qcow2Image
         if (L1EntriesFor(newSize) * 8 > MaxL1SizeBytes)
             throw new ImageException($"The new size {newSize} needs an L1 table larger than {MaxL1SizeBytes} bytes ('{_file.Name}')");
 
-        CheckBitmapsResizable();
+        CheckBitmapsResizable(newSize);
         long oldSize = _h.Size;
         await LockRangeAsync(0, oldSize, ct).ConfigureAwait(false);
         try

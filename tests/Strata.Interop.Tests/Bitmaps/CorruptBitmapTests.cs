@@ -60,6 +60,34 @@ public sealed class CorruptBitmapTests
         }
     }
 
+    /// <summary>
+    /// An in-use bitmap whose granularity would need 2^41 bits for a 1 PiB disk: QEMU 7.2 aborts on the allocation;
+    /// Strata refuses the image with a clear message and allocates nothing of that size.
+    /// </summary>
+    [Fact]
+    public void HugeBitmapForTheDisk_IsRefusedWithoutAllocating()
+    {
+        QemuTools.RequireTools("qemu-img");
+        using var dir = new TempDir("bm-huge");
+        string path = dir.Combine("huge.qcow2");
+        QemuTools.QemuImg("create", "-q", "-f", "qcow2", path, "1P").EnsureSuccess();
+        QemuTools.QemuImg("bitmap", "--add", "-g", "256k", path, "hb").EnsureSuccess();
+        var d = File.ReadAllBytes(path);
+        int pos = (int)BinaryPrimitives.ReadUInt32BigEndian(d.AsSpan(100));
+        while (BinaryPrimitives.ReadUInt32BigEndian(d.AsSpan(pos)) != ExtBitmaps)
+            pos += 8 + (int)((BinaryPrimitives.ReadUInt32BigEndian(d.AsSpan(pos + 4)) + 7) & ~7u);
+        int off = (int)BinaryPrimitives.ReadUInt64BigEndian(d.AsSpan(pos + 24));
+        BinaryPrimitives.WriteUInt32BigEndian(d.AsSpan(off + 12), 3);
+        d[off + 17] = 9;
+        File.WriteAllBytes(path, d);
+        foreach (var argv in new[] { new[] { "info", path }, ["check", path], ["bitmap", "--remove", path, "hb"] })
+        {
+            var s = QemuTools.StrataImg(argv);
+            Assert.Equal(1, s.ExitCode);
+            Assert.Equal($"strata-img: Could not open '{path}': Bitmap 'hb' is too large for the disk (granularity 512)\n", s.StdErr);
+        }
+    }
+
     /// <summary>Applies one kind of damage to an image with bitmaps b0 and b1.</summary>
     private static void Damage(byte[] d, string kind)
     {
