@@ -23,6 +23,7 @@ namespace Strata.Img
             ["rebase"] = RebaseCommand.RunAsync,
             ["commit"] = CommitCommand.RunAsync,
             ["amend"] = AmendCommand.RunAsync,
+            ["bitmap"] = BitmapCommand.RunAsync,
         };
 
         private static readonly LongOption[] TopLongs =

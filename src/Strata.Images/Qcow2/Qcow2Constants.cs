@@ -22,7 +22,7 @@ internal static class Qcow2Constants
     public const long MaxSnapshotTableSize = 64L * 1024 * 1024;
     public const int MaxSnapshotExtraData = 1024;
     public const int MaxBitmaps = 65535;
-    public const long MaxBitmapDirectorySize = 64L * 1024 * 1024;
+    public const long MaxBitmapDirectorySize = 1024L * MaxBitmaps; // QCOW2_MAX_BITMAP_DIRECTORY_SIZE
     /// <summary>Host offsets must fit in 56 bits.</summary>
     public const long MaxHostOffset = (1L << 56) - 1;
 

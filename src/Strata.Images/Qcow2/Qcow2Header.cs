@@ -230,17 +230,26 @@ public sealed class Qcow2Header
                     }
                     break;
                 case ExtBitmaps:
+                    // qcow2_read_extensions, with QEMU's messages; the directory itself is read (past the end of the
+                    // file as zeroes) and checked when the bitmaps are loaded.
                     if (len != 24)
-                        throw new CorruptImageException($"Bitmaps header extension has an invalid length {len} in '{fileName}'");
+                        throw new CorruptImageException($"bitmaps_ext: Invalid extension length in '{fileName}'");
                     if ((AutoclearFeatures & AutoclearBitmaps) != 0)
                     {
                         uint count = BinaryPrimitives.ReadUInt32BigEndian(data);
+                        uint reserved = BinaryPrimitives.ReadUInt32BigEndian(data[4..]);
                         ulong dirSize = BinaryPrimitives.ReadUInt64BigEndian(data[8..]);
                         ulong dirOffset = BinaryPrimitives.ReadUInt64BigEndian(data[16..]);
-                        if (count > MaxBitmaps || dirSize > MaxBitmapDirectorySize)
-                            throw new CorruptImageException($"Bitmap directory is too large in '{fileName}'");
-                        if (count > 0)
-                            CheckTable(dirOffset, (long)dirSize, ClusterSize, fileLength, "Bitmap directory", fileName);
+                        if (reserved != 0)
+                            throw new CorruptImageException($"bitmaps_ext: Reserved field is not zero in '{fileName}'");
+                        if (count > MaxBitmaps)
+                            throw new CorruptImageException($"bitmaps_ext: Image has {count} bitmaps, exceeding the QEMU supported maximum of {MaxBitmaps} in '{fileName}'");
+                        if (count == 0)
+                            throw new CorruptImageException($"found bitmaps extension with zero bitmaps in '{fileName}'");
+                        if ((dirOffset & (ulong)(ClusterSize - 1)) != 0)
+                            throw new CorruptImageException($"bitmaps_ext: invalid bitmap directory offset in '{fileName}'");
+                        if (dirSize > MaxBitmapDirectorySize)
+                            throw new CorruptImageException($"bitmaps_ext: bitmap directory size ({dirSize}) exceeds the maximum supported size ({MaxBitmapDirectorySize}) in '{fileName}'");
                         Bitmaps = new BitmapsExtension(count, dirSize, dirOffset);
                     }
                     // Else the extension is stale (written by an old program that did not know bitmaps): ignored, as QEMU does.

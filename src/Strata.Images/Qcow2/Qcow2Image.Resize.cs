@@ -22,6 +22,7 @@ public sealed partial class Qcow2Image
         if (L1EntriesFor(newSize) * 8 > MaxL1SizeBytes)
             throw new ImageException($"The new size {newSize} needs an L1 table larger than {MaxL1SizeBytes} bytes ('{_file.Name}')");
 
+        CheckBitmapsResizable(newSize);
         long oldSize = _h.Size;
         await LockRangeAsync(0, oldSize, ct).ConfigureAwait(false);
         try
@@ -39,6 +40,7 @@ public sealed partial class Qcow2Image
             BinaryPrimitives.WriteUInt64BigEndian(b, (ulong)newSize);
             await _file.WriteAsync(b, 24, ct).ConfigureAwait(false);
             await _file.FlushAsync(ct).ConfigureAwait(false);
+            ResizeBitmaps(newSize);
         }
         finally
         {

@@ -11,6 +11,7 @@ public sealed partial class Qcow2Image
     {
         CheckRange(offset, data.Length);
         CheckWritable();
+        RecordDirty(offset, data.Length);
         while (data.Length > 0)
         {
             long host = 0;

@@ -14,6 +14,7 @@ public sealed partial class Qcow2Image
     {
         CheckRange(offset, length);
         CheckWritable();
+        RecordDirty(offset, length);
         if (length == 0)
             return;
         if (_h.Version < 3)
@@ -176,6 +177,7 @@ public sealed partial class Qcow2Image
     {
         CheckRange(offset, length);
         CheckWritable();
+        RecordDirty(offset, length);
         if (_h.Version < 3 && BackingFileName != null)
             return;
         long start = RoundUp(offset, _cs);

@@ -158,6 +158,8 @@ public sealed partial class Qcow2Image : IImage
                     await img.RepairDirtyAsync(ct).ConfigureAwait(false);
                 await img.PrepareForWritingAsync(ct).ConfigureAwait(false);
             }
+            // As in QEMU, check too loads the bitmaps: a directory it cannot load fails the open.
+            await img.LoadBitmapsAsync(ct).ConfigureAwait(false);
             if (options.OpenBacking != null && h.BackingFileName != null)
                 img._backing = await options.OpenBacking(h, ct).ConfigureAwait(false);
         }
@@ -171,7 +173,7 @@ public sealed partial class Qcow2Image : IImage
 
     /// <summary>
     /// What QEMU does when it opens an image read-write: unknown autoclear bits are cleared (their features may
-    /// become stale), and persistent bitmaps are marked in use, since writes are not tracked in them.
+    /// become stale). Persistent bitmaps are marked in use by <see cref="LoadBitmapsAsync"/>.
     /// </summary>
     private async ValueTask PrepareForWritingAsync(CancellationToken ct)
     {
@@ -180,8 +182,6 @@ public sealed partial class Qcow2Image : IImage
             _h.AutoclearFeatures &= AutoclearKnownMask;
             await WriteHeaderAsync(ct).ConfigureAwait(false);
         }
-        if (_h.Bitmaps is { Count: > 0 } bitmaps)
-            await BitmapDirectory.MarkAllInUseAsync(_file, bitmaps, _cs, ct).ConfigureAwait(false);
     }
 
     /// <summary>Releases the metadata lock; caches shrink back to their capacity first, when no table is in use.</summary>
@@ -233,7 +233,7 @@ public sealed partial class Qcow2Image : IImage
         if (_h.Bitmaps is { Count: > 0 } bitmaps && validate)
         {
             // Parsed (and so validated) even for read-only opens, as QEMU does.
-            await BitmapDirectory.ReadAsync(_file, bitmaps, _cs, ct).ConfigureAwait(false);
+            await BitmapDirectory.ReadAsync(_file, bitmaps, _cs, Size, ct).ConfigureAwait(false);
             Add((long)bitmaps.DirectoryOffset, (long)bitmaps.DirectorySize, MetadataKind.BitmapDirectory, "bitmap directory");
         }
         if (enforce && conflicts.Count > 0)
@@ -300,6 +300,7 @@ public sealed partial class Qcow2Image : IImage
 
     private async ValueTask CloseCleanAsync()
     {
+        await StoreBitmapsAsync(default).ConfigureAwait(false);
         await FlushAsync().ConfigureAwait(false);
         if (_dirtyBitSet)
         {

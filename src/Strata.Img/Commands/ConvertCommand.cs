@@ -148,8 +148,6 @@ public static class ConvertCommand
         }
         if (srcNum < 1)
             throw Io.Fail("Must specify image file name");
-        if (bitmaps)
-            throw Io.Fail("--bitmaps is not supported yet");
         if (quiet)
             progress = false;
         var prog = new Progress(progress, 1.0f);
@@ -295,6 +293,17 @@ public static class ConvertCommand
                 }
             }
 
+            if (bitmaps)
+            {
+                if (srcNum > 1)
+                {
+                    Io.Error("Copying bitmaps only possible with single source");
+                    return 1;
+                }
+                if (!BitmapCommand.CheckConvertSource(sources[0], skipBroken))
+                    return 1;
+            }
+
             IImage target;
             if (!skipCreate)
             {
@@ -328,6 +337,11 @@ public static class ConvertCommand
             await using (target)
             {
                 st.Target = target;
+                if (bitmaps && target is not Qcow2Image { Header.Version: >= 3 })
+                {
+                    Io.Error($"Format driver '{target.FormatName}' does not support bitmaps");
+                    return 1;
+                }
                 if (st.Compressed && target is not Qcow2Image)
                 {
                     Io.Error("Compression not supported for this file format");
@@ -355,6 +369,8 @@ public static class ConvertCommand
                 {
                     await DoCopyAsync(st, !skipCreate, prog);
                     await target.FlushAsync();
+                    if (bitmaps && !await BitmapCommand.CopyForConvertAsync(sources[0], (Qcow2Image)target, skipBroken))
+                        return 1;
                 }
                 catch (Exception e) when (e is ImageException or IOException)
                 {

@@ -77,8 +77,12 @@ public sealed class SmokeReadWriteTests
         Assert.True(expected.AsSpan().SequenceEqual(actual), "contents differ from qemu-img convert's");
     }
 
+    /// <summary>
+    /// As QEMU: while the image is open read-write its bitmaps are in use on disk; the write is recorded and a
+    /// clean close stores the bitmap and clears in-use.
+    /// </summary>
     [Fact]
-    public async Task WritingAnImageWithPersistentBitmaps_MarksThemInUse()
+    public async Task WritingAnImageWithPersistentBitmaps_TracksTheWriteAndStoresOnClose()
     {
         QemuTools.RequireTools();
         using var dir = new TempDir("smoke");
@@ -86,10 +90,16 @@ public sealed class SmokeReadWriteTests
         QemuTools.QemuImg("create", "-q", "-f", "qcow2", path, "16M").EnsureSuccess();
         QemuTools.QemuImg("bitmap", "--add", path, "b0").EnsureSuccess();
         await using (var img = await ImageOpener.OpenAsync(path, new ImageOpenOptions()))
+        {
             await img.WriteAsync(Fill(0x5a, 4096), 0);
+            var open = QemuTools.QemuImg("info", "-U", "--output=json", path).EnsureSuccess();
+            Assert.Contains("\"in-use\"", open.StdOut, StringComparison.Ordinal);
+        }
         var info = QemuTools.QemuImg("info", "--output=json", path).EnsureSuccess();
-        Assert.Contains("\"in-use\"", info.StdOut, StringComparison.Ordinal);
+        Assert.DoesNotContain("\"in-use\"", info.StdOut, StringComparison.Ordinal);
         Assert.Equal(0, QemuTools.QemuImg("check", path).ExitCode);
+        var map = QemuTools.NbdInfo("--map=qemu:dirty-bitmap:b0", "--", "[", QemuTools.Resolve("qemu-nbd"), "-r", "-f", "qcow2", "-B", "b0", path, "]").EnsureSuccess();
+        Assert.StartsWith("0 65536 1 dirty", string.Join(' ', map.StdOut.Split([' ', '\n'], StringSplitOptions.RemoveEmptyEntries)), StringComparison.Ordinal);
     }
 
     [Fact]
