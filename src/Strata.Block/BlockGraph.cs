@@ -120,7 +120,8 @@ public sealed class BlockGraph : IAsyncDisposable
                     throw new BlockException("raw: 'offset' and 'size' are not supported by strata-daemon");
                 o.EnsureAllRead();
                 node = new RawNode(nodeName ?? NextAutoName(), settings, autoNamed, file);
-                AttachFormatChild(node, file, writable: !settings.ReadOnly, metadata: false);
+                // Without offset or size, raw passes requests through like a filter.
+                node.AttachChild(file, "file", ChildRole.Filtered);
                 break;
             }
             default: // qcow2
@@ -132,7 +133,6 @@ public sealed class BlockGraph : IAsyncDisposable
                 node = qcow;
                 try
                 {
-                    AttachFormatChild(node, file, writable: !settings.ReadOnly, metadata: true);
                     o.EnsureAllRead();
                     BlockNode? backing = null;
                     if (!hasBacking)
@@ -161,23 +161,11 @@ public sealed class BlockGraph : IAsyncDisposable
         return node;
     }
 
-    /// <summary>Puts <paramref name="backing"/> behind a qcow2 node, with QEMU's permissions for a COW child.</summary>
+    /// <summary>Puts <paramref name="backing"/> behind a qcow2 node as its COW child (permissions follow the node's readers).</summary>
     public static void AttachBacking(Qcow2Node node, BlockNode backing)
     {
-        // A backing child is read consistently; others may write to it (commit) but not resize it.
-        backing.AddParent(node, "backing", BlockPermissions.ConsistentRead,
-            BlockPermissions.ConsistentRead | BlockPermissions.Write | BlockPermissions.WriteUnchanged);
+        node.AttachChild(backing, "backing", ChildRole.Cow);
         node.AttachBacking(backing);
-    }
-
-    private static void AttachFormatChild(BlockNode node, BlockNode file, bool writable, bool metadata)
-    {
-        var perm = BlockPermissions.ConsistentRead | (writable ? BlockPermissions.Write | BlockPermissions.Resize : 0);
-        // A format driver keeps metadata in its file: nobody else may write to it or resize it.
-        var shared = metadata
-            ? BlockPermissions.ConsistentRead | BlockPermissions.WriteUnchanged
-            : BlockPermissions.All;
-        file.AddParent(node, "file", perm, shared);
     }
 
     /// <summary>A child given as a node name (reference) or as inline options (a new, auto-named node).</summary>

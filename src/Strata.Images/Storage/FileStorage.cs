@@ -10,7 +10,8 @@ namespace Strata.Images.Storage;
 /// <param name="ReadOnly">Open O_RDONLY; every modifying call throws <see cref="InvalidOperationException"/>.</param>
 /// <param name="Direct">O_DIRECT, QEMU's cache.direct=on: bypass the host page cache.</param>
 /// <param name="NoFlush">QEMU's cache.no-flush=on: <see cref="IStorage.FlushAsync"/> does nothing.</param>
-public sealed record FileStorageOptions(bool ReadOnly = false, bool Direct = false, bool NoFlush = false)
+/// <param name="Locking">QEMU's locking option: whether <see cref="FileStorage.Lock"/> takes OFD locks.</param>
+public sealed record FileStorageOptions(bool ReadOnly = false, bool Direct = false, bool NoFlush = false, LockingMode Locking = LockingMode.Auto)
 {
     public static FileStorageOptions Default { get; } = new();
 }
@@ -72,6 +73,7 @@ public sealed class FileStorage : IStorage
         _reservedEnd = length;
         _fdatasync = Fdatasync;
         _bounceSize = Math.Max(BounceBufferSize, alignment);
+        Lock = new ImageLock(handle, path, options.Locking);
         if (_direct)
         {
             _bouncePool = new ConcurrentQueue<AlignedBuffer>();
@@ -96,6 +98,9 @@ public sealed class FileStorage : IStorage
     }
 
     public string Name { get; }
+
+    /// <summary>QEMU's image locks on this open file: none are held until a user sets permissions.</summary>
+    public ImageLock Lock { get; }
 
     public bool IsReadOnly { get; }
 
