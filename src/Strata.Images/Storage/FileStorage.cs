@@ -88,13 +88,40 @@ public sealed class FileStorage : IStorage
     /// <exception cref="IOException">It cannot be opened; the message names the file and the reason.</exception>
     public static FileStorage Open(string path, FileStorageOptions options) => OpenCore(path, options, create: false);
 
-    /// <summary>Creates the file, or truncates an existing one to 0 bytes, and opens it read-write.</summary>
+    /// <summary>
+    /// Creates the file, or truncates an existing one to 0 bytes, and opens it read-write. As QEMU's raw_co_create, an
+    /// existing file is truncated only after taking its write and resize locks (unless locking is off), so a file another
+    /// process has open is left alone; the locks are dropped again before returning.
+    /// </summary>
+    /// <exception cref="ImageLockException">Another process holds the file.</exception>
     public static FileStorage Create(string path, FileStorageOptions options)
     {
         ArgumentNullException.ThrowIfNull(options);
         if (options.ReadOnly)
             throw new ArgumentException("A file cannot be created read-only.", nameof(options));
-        return OpenCore(path, options, create: true);
+        var file = OpenCore(path, options, create: true);
+        try
+        {
+            if (file.Lock.Enabled)
+            {
+                // The creator writes and sizes the file, and cannot let anyone resize it meanwhile.
+                file.Lock.Set(LockPermissions.Write | LockPermissions.Resize, LockPermissions.All & ~LockPermissions.Resize);
+            }
+            if (file.Length != 0)
+            {
+                int errno = Ftruncate(file._handle, 0);
+                if (errno != 0)
+                    throw new IOException($"Could not truncate '{path}': {Describe(errno)}", errno);
+                file._length = file._reservedEnd = 0;
+            }
+            file.Lock.Set(LockPermissions.None, LockPermissions.All);
+            return file;
+        }
+        catch
+        {
+            file._handle.Dispose();
+            throw;
+        }
     }
 
     public string Name { get; }
@@ -128,7 +155,7 @@ public sealed class FileStorage : IStorage
 
         int flags = (options.ReadOnly ? O_RDONLY : O_RDWR) | O_CLOEXEC;
         if (create)
-            flags |= O_CREAT | O_TRUNC;
+            flags |= O_CREAT; // truncated by Create once the file's locks allow it
         if (options.Direct)
             flags |= ODirect;
 

@@ -25,7 +25,7 @@ public static class MeasureCommand
     {
         string? fmt = null, options = null;
         string outFmt = "raw";
-        bool json = false;
+        bool json = false, forceShare = false;
         long imgSize = -1;
         var (opts, pos) = GetOpt.Parse(args, "hf:O:o:l:U", Longs, gnuName: "measure");
         foreach (var o in opts)
@@ -41,7 +41,7 @@ public static class MeasureCommand
                     options = options == null ? o.Value : options + "," + o.Value;
                     break;
                 case 'l': throw Io.Fail("Snapshots are not supported yet");
-                case 'U': break;
+                case 'U': forceShare = true; break;
                 case OptOutput:
                     json = o.Value switch
                     {
@@ -63,7 +63,7 @@ public static class MeasureCommand
         if (filename == null && imgSize == -1)
             throw Io.Fail("Either --size N or one filename must be specified.");
 
-        IImage? img = filename != null ? await ImageOpen.OpenAsync(filename, fmt) : null;
+        IImage? img = filename != null ? await ImageOpen.OpenAsync(filename, fmt, forceShare: forceShare) : null;
         try
         {
             var descs = OptLists.ForFormat(outFmt) ?? throw Io.Fail($"Unknown file format '{outFmt}'");
