@@ -92,7 +92,8 @@ public sealed class BlockGraph : IAsyncDisposable
         {
             ReadOnly = o.GetBool("read-only") ?? inherited?.ReadOnly ?? false,
             AutoReadOnly = o.GetBool("auto-read-only") ?? inherited?.AutoReadOnly ?? false,
-            ForceShare = o.GetBool("force-share") ?? false,
+            // Inherited by inline children and backing files, as QEMU's bdrv_inherited_options and bdrv_backing_options do.
+            ForceShare = o.GetBool("force-share") ?? inherited?.ForceShare ?? false,
             Direct = direct ?? inherited?.Direct ?? false,
             NoFlush = noFlush ?? inherited?.NoFlush ?? false,
             Unmap = o.GetEnum("discard", DiscardModes) ?? inherited?.Unmap ?? false,
