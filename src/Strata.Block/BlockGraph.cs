@@ -13,6 +13,7 @@ public sealed class BlockGraph : IAsyncDisposable
 {
     private readonly List<BlockNode> _nodes = []; // in order of creation
     private int _autoNameCounter;
+    private long _namingCounter;
 
     /// <summary>Nodes in creation order (children before the parents that were opened with them).</summary>
     public IReadOnlyList<BlockNode> Nodes => _nodes;
@@ -108,9 +109,11 @@ public sealed class BlockGraph : IAsyncDisposable
         {
             case "file":
                 node = FileNode.Open(nodeName ?? NextAutoName(), settings, autoNamed, o);
+                node.NamingOrder = ++_namingCounter;
                 break;
             case "null-co":
                 node = NullNode.Open(nodeName ?? NextAutoName(), settings, autoNamed, o);
+                node.NamingOrder = ++_namingCounter;
                 break;
             case "raw":
             {
@@ -121,6 +124,7 @@ public sealed class BlockGraph : IAsyncDisposable
                     throw new BlockException("raw: 'offset' and 'size' are not supported by strata-daemon");
                 o.EnsureAllRead();
                 node = new RawNode(nodeName ?? NextAutoName(), settings, autoNamed, file);
+                node.NamingOrder = ++_namingCounter;
                 // Without offset or size, raw passes requests through like a filter.
                 node.AttachChild(file, "file", ChildRole.Filtered);
                 break;
@@ -132,6 +136,7 @@ public sealed class BlockGraph : IAsyncDisposable
                 var backingOption = o.GetNode("backing");
                 var qcow = await Qcow2Node.OpenAsync(nodeName ?? NextAutoName(), settings, autoNamed, file, o, ct).ConfigureAwait(false);
                 node = qcow;
+                node.NamingOrder = ++_namingCounter;
                 try
                 {
                     o.EnsureAllRead();
@@ -139,7 +144,7 @@ public sealed class BlockGraph : IAsyncDisposable
                     if (!hasBacking)
                         backing = await OpenBackingFromHeaderAsync(qcow, settings, opened, ct).ConfigureAwait(false);
                     else if (backingOption != null)
-                        backing = await ChildAsync(o, "backing", settings with { ReadOnly = true }, opened, ct, backingOption).ConfigureAwait(false);
+                        backing = await BackingChildAsync(o, settings, opened, backingOption, ct).ConfigureAwait(false);
                     if (backing != null)
                     {
                         AttachBacking(qcow, backing);
@@ -183,6 +188,19 @@ public sealed class BlockGraph : IAsyncDisposable
         throw new BlockException($"Invalid parameter type for '{key}', expected: object or string");
     }
 
+    /// <summary>A backing child given by node name or inline options; QEMU prefixes what goes wrong with where it happened.</summary>
+    private async ValueTask<BlockNode> BackingChildAsync(BlockOptions o, BlockNodeSettings settings, List<BlockNode> opened, JsonNode value, CancellationToken ct)
+    {
+        try
+        {
+            return await ChildAsync(o, "backing", settings with { ReadOnly = true }, opened, ct, value).ConfigureAwait(false);
+        }
+        catch (BlockException e)
+        {
+            throw new BlockException($"Could not open backing file: {e.Message}", e.Kind, e) { Hint = e.Hint };
+        }
+    }
+
     /// <summary>Opens the chain the header names (read-only, auto-named nodes), as QEMU does when "backing" is absent.</summary>
     private async ValueTask<BlockNode?> OpenBackingFromHeaderAsync(Qcow2Node node, BlockNodeSettings settings, List<BlockNode> opened, CancellationToken ct)
     {
@@ -199,7 +217,7 @@ public sealed class BlockGraph : IAsyncDisposable
         }
         catch (BlockException e)
         {
-            throw new BlockException($"Could not open backing file: {e.Message}", e.Kind, e);
+            throw new BlockException($"Could not open backing file: {e.Message}", e.Kind, e) { Hint = e.Hint };
         }
     }
 

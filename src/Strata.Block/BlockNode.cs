@@ -44,6 +44,9 @@ public abstract class BlockNode : IImage, IBlockParent
     public bool IsAutoNamed { get; }
     public string Description => $"node '{NodeName}'";
 
+    /// <summary>When QEMU would have named the node (a format node after its file child, before its backing chain): its listing order.</summary>
+    public long NamingOrder { get; internal set; }
+
     public IReadOnlyList<BlockEdge> Parents => _parents;
     public IReadOnlyList<BlockEdge> Children => _children;
     public BlockNode? FileChild => ChildFor("file");
