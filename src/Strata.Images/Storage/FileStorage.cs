@@ -107,7 +107,8 @@ public sealed class FileStorage : IStorage
                 // The creator writes and sizes the file, and cannot let anyone resize it meanwhile.
                 file.Lock.Set(LockPermissions.Write | LockPermissions.Resize, LockPermissions.All & ~LockPermissions.Resize);
             }
-            if (file.Length != 0)
+            // Only regular files are emptied: O_TRUNC, which this replaces, leaves devices alone too.
+            if (file.Length != 0 && Fstatx(file._handle, STATX_TYPE, out Statx st) == 0 && (st.Mode & S_IFMT) == S_IFREG)
             {
                 int errno = Ftruncate(file._handle, 0);
                 if (errno != 0)

@@ -41,6 +41,7 @@ internal static unsafe partial class LinuxNative
     internal const uint STATX_DIOALIGN = 0x2000;
     internal const int S_IFMT = 0xF000;
     internal const int S_IFDIR = 0x4000;
+    internal const int S_IFREG = 0x8000;
 
     /// <summary>O_DIRECT differs per architecture: 0x4000 in asm-generic (x86, riscv, loongarch, s390),
     /// 0x10000 on arm/arm64, 0x20000 on powerpc.</summary>
