@@ -87,8 +87,7 @@ public abstract class BlockNode : IImage, IBlockParent
     /// </summary>
     public BlockEdge AddParent(IBlockParent parent, string role, BlockPermissions perm, BlockPermissions shared)
     {
-        if (Settings.ForceShare)
-            shared = BlockPermissions.All;
+        // force-share widens only what parent nodes share (bdrv_child_perm), not what a backend shares.
         var edge = new BlockEdge(parent, this, role, perm, shared);
         Link(edge);
         try
