@@ -3,13 +3,14 @@ namespace Strata.Block;
 /// <summary>A parent's use of a node: which role the node plays for it and which permissions it takes and shares.</summary>
 public sealed class BlockEdge
 {
-    internal BlockEdge(IBlockParent parent, BlockNode child, string role, BlockPermissions perm, BlockPermissions shared)
+    internal BlockEdge(IBlockParent parent, BlockNode child, string role, BlockPermissions perm, BlockPermissions shared, ChildRole childRole = ChildRole.None)
     {
         Parent = parent;
         Child = child;
         Role = role;
         Permissions = perm;
         Shared = shared;
+        ChildRole = childRole;
     }
 
     public IBlockParent Parent { get; }
@@ -18,8 +19,10 @@ public sealed class BlockEdge
     public string Role { get; }
     public BlockPermissions Permissions { get; internal set; }
     public BlockPermissions Shared { get; internal set; }
+    /// <summary>For a node's child: what the child is to it, which decides the permissions (none for a backend's root).</summary>
+    public ChildRole ChildRole { get; }
 
-    /// <summary>Detaches this edge from its child.</summary>
+    /// <summary>Detaches this edge from its child; the child's permissions (and image locks) shrink accordingly.</summary>
     public void Release() => Child.RemoveParent(this);
 }
 

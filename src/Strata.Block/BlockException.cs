@@ -19,4 +19,7 @@ public sealed class BlockException : Exception
     public BlockException(string message, Exception inner) : base(message, inner) { }
 
     public BlockErrorKind Kind { get; }
+
+    /// <summary>QEMU's error hint (e.g. "Is another process using the image [x]?"): command lines print it on its own line, QMP drops it.</summary>
+    public string? Hint { get; init; }
 }

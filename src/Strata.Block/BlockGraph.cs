@@ -13,6 +13,7 @@ public sealed class BlockGraph : IAsyncDisposable
 {
     private readonly List<BlockNode> _nodes = []; // in order of creation
     private int _autoNameCounter;
+    private long _namingCounter;
 
     /// <summary>Nodes in creation order (children before the parents that were opened with them).</summary>
     public IReadOnlyList<BlockNode> Nodes => _nodes;
@@ -92,7 +93,8 @@ public sealed class BlockGraph : IAsyncDisposable
         {
             ReadOnly = o.GetBool("read-only") ?? inherited?.ReadOnly ?? false,
             AutoReadOnly = o.GetBool("auto-read-only") ?? inherited?.AutoReadOnly ?? false,
-            ForceShare = o.GetBool("force-share") ?? false,
+            // Inherited by inline children and backing files, as QEMU's bdrv_inherited_options and bdrv_backing_options do.
+            ForceShare = o.GetBool("force-share") ?? inherited?.ForceShare ?? false,
             Direct = direct ?? inherited?.Direct ?? false,
             NoFlush = noFlush ?? inherited?.NoFlush ?? false,
             Unmap = o.GetEnum("discard", DiscardModes) ?? inherited?.Unmap ?? false,
@@ -107,9 +109,11 @@ public sealed class BlockGraph : IAsyncDisposable
         {
             case "file":
                 node = FileNode.Open(nodeName ?? NextAutoName(), settings, autoNamed, o);
+                node.NamingOrder = ++_namingCounter;
                 break;
             case "null-co":
                 node = NullNode.Open(nodeName ?? NextAutoName(), settings, autoNamed, o);
+                node.NamingOrder = ++_namingCounter;
                 break;
             case "raw":
             {
@@ -120,7 +124,9 @@ public sealed class BlockGraph : IAsyncDisposable
                     throw new BlockException("raw: 'offset' and 'size' are not supported by strata-daemon");
                 o.EnsureAllRead();
                 node = new RawNode(nodeName ?? NextAutoName(), settings, autoNamed, file);
-                AttachFormatChild(node, file, writable: !settings.ReadOnly, metadata: false);
+                node.NamingOrder = ++_namingCounter;
+                // Without offset or size, raw passes requests through like a filter.
+                node.AttachChild(file, "file", ChildRole.Filtered);
                 break;
             }
             default: // qcow2
@@ -130,15 +136,15 @@ public sealed class BlockGraph : IAsyncDisposable
                 var backingOption = o.GetNode("backing");
                 var qcow = await Qcow2Node.OpenAsync(nodeName ?? NextAutoName(), settings, autoNamed, file, o, ct).ConfigureAwait(false);
                 node = qcow;
+                node.NamingOrder = ++_namingCounter;
                 try
                 {
-                    AttachFormatChild(node, file, writable: !settings.ReadOnly, metadata: true);
                     o.EnsureAllRead();
                     BlockNode? backing = null;
                     if (!hasBacking)
                         backing = await OpenBackingFromHeaderAsync(qcow, settings, opened, ct).ConfigureAwait(false);
                     else if (backingOption != null)
-                        backing = await ChildAsync(o, "backing", settings with { ReadOnly = true }, opened, ct, backingOption).ConfigureAwait(false);
+                        backing = await BackingChildAsync(o, settings, opened, backingOption, ct).ConfigureAwait(false);
                     if (backing != null)
                     {
                         AttachBacking(qcow, backing);
@@ -161,23 +167,11 @@ public sealed class BlockGraph : IAsyncDisposable
         return node;
     }
 
-    /// <summary>Puts <paramref name="backing"/> behind a qcow2 node, with QEMU's permissions for a COW child.</summary>
+    /// <summary>Puts <paramref name="backing"/> behind a qcow2 node as its COW child (permissions follow the node's readers).</summary>
     public static void AttachBacking(Qcow2Node node, BlockNode backing)
     {
-        // A backing child is read consistently; others may write to it (commit) but not resize it.
-        backing.AddParent(node, "backing", BlockPermissions.ConsistentRead,
-            BlockPermissions.ConsistentRead | BlockPermissions.Write | BlockPermissions.WriteUnchanged);
+        node.AttachChild(backing, "backing", ChildRole.Cow);
         node.AttachBacking(backing);
-    }
-
-    private static void AttachFormatChild(BlockNode node, BlockNode file, bool writable, bool metadata)
-    {
-        var perm = BlockPermissions.ConsistentRead | (writable ? BlockPermissions.Write | BlockPermissions.Resize : 0);
-        // A format driver keeps metadata in its file: nobody else may write to it or resize it.
-        var shared = metadata
-            ? BlockPermissions.ConsistentRead | BlockPermissions.WriteUnchanged
-            : BlockPermissions.All;
-        file.AddParent(node, "file", perm, shared);
     }
 
     /// <summary>A child given as a node name (reference) or as inline options (a new, auto-named node).</summary>
@@ -192,6 +186,19 @@ public sealed class BlockGraph : IAsyncDisposable
         if (value is JsonValue v && v.TryGetValue<string>(out var name))
             return Get(name);
         throw new BlockException($"Invalid parameter type for '{key}', expected: object or string");
+    }
+
+    /// <summary>A backing child given by node name or inline options; QEMU prefixes what goes wrong with where it happened.</summary>
+    private async ValueTask<BlockNode> BackingChildAsync(BlockOptions o, BlockNodeSettings settings, List<BlockNode> opened, JsonNode value, CancellationToken ct)
+    {
+        try
+        {
+            return await ChildAsync(o, "backing", settings with { ReadOnly = true }, opened, ct, value).ConfigureAwait(false);
+        }
+        catch (BlockException e)
+        {
+            throw new BlockException($"Could not open backing file: {e.Message}", e.Kind, e) { Hint = e.Hint };
+        }
     }
 
     /// <summary>Opens the chain the header names (read-only, auto-named nodes), as QEMU does when "backing" is absent.</summary>
@@ -210,7 +217,7 @@ public sealed class BlockGraph : IAsyncDisposable
         }
         catch (BlockException e)
         {
-            throw new BlockException($"Could not open backing file: {e.Message}", e.Kind, e);
+            throw new BlockException($"Could not open backing file: {e.Message}", e.Kind, e) { Hint = e.Hint };
         }
     }
 

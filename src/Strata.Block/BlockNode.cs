@@ -44,6 +44,9 @@ public abstract class BlockNode : IImage, IBlockParent
     public bool IsAutoNamed { get; }
     public string Description => $"node '{NodeName}'";
 
+    /// <summary>When QEMU would have named the node (a format node after its file child, before its backing chain): its listing order.</summary>
+    public long NamingOrder { get; internal set; }
+
     public IReadOnlyList<BlockEdge> Parents => _parents;
     public IReadOnlyList<BlockEdge> Children => _children;
     public BlockNode? FileChild => ChildFor("file");
@@ -78,28 +81,192 @@ public abstract class BlockNode : IImage, IBlockParent
     // ---- graph ---------------------------------------------------------------------------------
 
     /// <summary>
-    /// Attaches a parent, checking QEMU's permission rule: what the new parent takes must be shared by every
-    /// other parent, and what it does not share must not be taken by any.
+    /// Attaches a user with fixed permissions (a backend: an export, a job, a resize), then brings the permissions of
+    /// this node and everything below it up to date, as QEMU does. Throws (and attaches nothing) on a permission
+    /// conflict with another parent or an image lock held by another process.
     /// </summary>
     public BlockEdge AddParent(IBlockParent parent, string role, BlockPermissions perm, BlockPermissions shared)
     {
-        if (Settings.ForceShare)
-            shared = BlockPermissions.All;
-        foreach (var other in _parents)
-        {
-            // QEMU reports what an existing parent needs and the new one refuses first.
-            var conflict = other.Permissions & ~shared;
-            if (conflict != 0)
-                throw PermissionConflict(conflict, other.Parent, other.Role, parent, role);
-            conflict = perm & ~other.Shared;
-            if (conflict != 0)
-                throw PermissionConflict(conflict, parent, role, other.Parent, other.Role);
-        }
+        // force-share widens only what parent nodes share (bdrv_child_perm), not what a backend shares.
         var edge = new BlockEdge(parent, this, role, perm, shared);
-        _parents.Add(edge);
-        if (parent is BlockNode p)
-            p._children.Add(edge);
+        Link(edge);
+        try
+        {
+            RefreshPermissions();
+        }
+        catch
+        {
+            Unlink(edge);
+            throw;
+        }
         return edge;
+    }
+
+    /// <summary>
+    /// Makes <paramref name="child"/> this node's child named <paramref name="name"/>; what this node takes on it follows
+    /// from its parents' permissions and <paramref name="role"/> (QEMU's bdrv_child_perm).
+    /// </summary>
+    public BlockEdge AttachChild(BlockNode child, string name, ChildRole role)
+    {
+        var (perm, shared) = PermissionsFor(role, child);
+        var edge = new BlockEdge(this, child, name, perm, shared, role);
+        child.Link(edge);
+        try
+        {
+            child.RefreshPermissions();
+        }
+        catch
+        {
+            child.Unlink(edge);
+            throw;
+        }
+        return edge;
+    }
+
+    private void Link(BlockEdge edge)
+    {
+        _parents.Add(edge);
+        if (edge.Parent is BlockNode p)
+            p._children.Add(edge);
+    }
+
+    private void Unlink(BlockEdge edge)
+    {
+        _parents.Remove(edge);
+        if (edge.Parent is BlockNode p)
+            p._children.Remove(edge);
+    }
+
+    internal void RemoveParent(BlockEdge edge)
+    {
+        if (!_parents.Contains(edge))
+            return;
+        Unlink(edge);
+        try
+        {
+            RefreshPermissions();
+        }
+        catch (BlockException)
+        {
+            // Permissions only shrink here; like QEMU, a lock that cannot be dropped does not stop the detach.
+        }
+    }
+
+    /// <summary>What the parents take together (OR) and let others do together (AND): QEMU's cumulative permissions.</summary>
+    public (BlockPermissions Perm, BlockPermissions Shared) CumulativePermissions()
+    {
+        var perm = BlockPermissions.None;
+        var shared = BlockPermissions.All;
+        foreach (var e in _parents)
+        {
+            perm |= e.Permissions;
+            shared &= e.Shared;
+        }
+        return (perm, shared);
+    }
+
+    /// <summary>The driver's rule for what it takes on a child in <paramref name="role"/> given its parents' needs.</summary>
+    internal virtual (BlockPermissions Perm, BlockPermissions Shared) ChildPermissions(ChildRole role, BlockPermissions perm, BlockPermissions shared) =>
+        PermissionRules.Default(role, perm, shared, Settings.ReadOnly);
+
+    private (BlockPermissions Perm, BlockPermissions Shared) PermissionsFor(ChildRole role, BlockNode child)
+    {
+        var (perm, shared) = CumulativePermissions();
+        var r = ChildPermissions(role, perm, shared);
+        if (child.Settings.ForceShare)
+            r.Shared = BlockPermissions.All;
+        return r;
+    }
+
+    /// <summary>Driver hook, first phase: check (and reserve) what the new permissions need, e.g. image locks. May throw.</summary>
+    internal virtual void PreparePermissions(BlockPermissions perm, BlockPermissions shared) { }
+
+    /// <summary>Driver hook: the new permissions are in force.</summary>
+    internal virtual void CommitPermissions(BlockPermissions perm, BlockPermissions shared) { }
+
+    /// <summary>Driver hook: the change failed; back to the committed permissions.</summary>
+    internal virtual void AbortPermissions() { }
+
+    /// <summary>
+    /// Recomputes permissions from this node down as QEMU's bdrv_refresh_perms: nodes in topological order (parents
+    /// first), each checked for conflicts among its parents, then prepared by its driver, then its children's edges
+    /// recomputed. Any failure restores every edge and aborts every driver; success commits all.
+    /// </summary>
+    public void RefreshPermissions()
+    {
+        var order = new List<BlockNode>();
+        TopologicalOrder(this, new HashSet<BlockNode>(ReferenceEqualityComparer.Instance), order);
+        order.Reverse();
+        var changed = new List<(BlockEdge Edge, BlockPermissions Perm, BlockPermissions Shared)>();
+        var prepared = new List<BlockNode>();
+        try
+        {
+            foreach (var node in order)
+            {
+                node.CheckParentConflicts();
+                var (perm, shared) = node.CumulativePermissions();
+                node.PreparePermissions(perm, shared);
+                prepared.Add(node);
+                for (int i = node._children.Count - 1; i >= 0; i--) // QEMU keeps children newest first
+                {
+                    var e = node._children[i];
+                    var (cperm, cshared) = node.PermissionsFor(e.ChildRole, e.Child);
+                    if (cperm != e.Permissions || cshared != e.Shared)
+                    {
+                        changed.Add((e, e.Permissions, e.Shared));
+                        e.Permissions = cperm;
+                        e.Shared = cshared;
+                    }
+                }
+            }
+        }
+        catch
+        {
+            for (int i = changed.Count - 1; i >= 0; i--)
+            {
+                changed[i].Edge.Permissions = changed[i].Perm;
+                changed[i].Edge.Shared = changed[i].Shared;
+            }
+            for (int i = prepared.Count - 1; i >= 0; i--)
+                prepared[i].AbortPermissions();
+            throw;
+        }
+        foreach (var node in order)
+        {
+            var (perm, shared) = node.CumulativePermissions();
+            node.CommitPermissions(perm, shared);
+        }
+    }
+
+    /// <summary>Post-order DFS over children newest first; reversed, it lists every node before its children.</summary>
+    private static void TopologicalOrder(BlockNode node, HashSet<BlockNode> found, List<BlockNode> postOrder)
+    {
+        if (!found.Add(node))
+            return;
+        for (int i = node._children.Count - 1; i >= 0; i--)
+            TopologicalOrder(node._children[i].Child, found, postOrder);
+        postOrder.Add(node);
+    }
+
+    /// <summary>
+    /// QEMU's rule, checked over every ordered pair of parents (newest first): what one parent takes must be shared by
+    /// each other one.
+    /// </summary>
+    private void CheckParentConflicts()
+    {
+        for (int i = _parents.Count - 1; i >= 0; i--)
+        {
+            var a = _parents[i];
+            for (int j = _parents.Count - 1; j >= 0; j--)
+            {
+                var b = _parents[j];
+                if (i == j)
+                    continue;
+                var conflict = b.Permissions & ~a.Shared;
+                if (conflict != 0)
+                    throw PermissionConflict(conflict, b.Parent, b.Role, a.Parent, a.Role);
+            }
+        }
     }
 
     private BlockException PermissionConflict(BlockPermissions perms, IBlockParent requiredBy, string requiredRole, IBlockParent unsharedBy, string unsharedRole) =>
@@ -107,13 +274,6 @@ public abstract class BlockNode : IImage, IBlockParent
             $"{Uses(requiredBy, requiredRole)} and unshared by {Uses(unsharedBy, unsharedRole)}.");
 
     private string Uses(IBlockParent parent, string role) => $"{parent.Description} (uses node '{NodeName}' as '{role}' child)";
-
-    internal void RemoveParent(BlockEdge edge)
-    {
-        _parents.Remove(edge);
-        if (edge.Parent is BlockNode p)
-            p._children.Remove(edge);
-    }
 
     /// <summary>Closes the driver; the graph detaches children first.</summary>
     public abstract ValueTask CloseAsync();

@@ -154,7 +154,8 @@ internal sealed class DaemonHost
         }
         catch (BlockException ex)
         {
-            throw new CommandLineException($"{opt.Text}: {ex.Message}");
+            // error_report_err: the message, then the hint on its own line.
+            throw new CommandLineException($"{opt.Text}: {ex.Message}" + (ex.Hint is null ? "" : "\n" + ex.Hint));
         }
     }
 

@@ -14,10 +14,32 @@ public sealed class FileNode : BlockNode
         : base(name, "file", settings, autoNamed)
     {
         _filename = filename;
+        _storage = storage;
         _image = new RawImage(storage);
     }
 
     private readonly string _filename;
+    private readonly FileStorage _storage;
+
+    /// <summary>QEMU's image locks on the host file, following the permissions this node's parents take.</summary>
+    public ImageLock Lock => _storage.Lock;
+
+    internal override void PreparePermissions(BlockPermissions perm, BlockPermissions shared)
+    {
+        try
+        {
+            _storage.Lock.Prepare((LockPermissions)perm, (LockPermissions)shared);
+        }
+        catch (ImageLockException e)
+        {
+            throw new BlockException(e.Message, BlockErrorKind.Generic, e) { Hint = e.Hint };
+        }
+    }
+
+    internal override void CommitPermissions(BlockPermissions perm, BlockPermissions shared) =>
+        _storage.Lock.Commit((LockPermissions)perm, (LockPermissions)shared);
+
+    internal override void AbortPermissions() => _storage.Lock.Abort();
 
     /// <summary>The host file's name as given in the options.</summary>
     public override string FileName => _filename;
@@ -26,7 +48,7 @@ public sealed class FileNode : BlockNode
     internal static FileNode Open(string name, BlockNodeSettings settings, bool autoNamed, BlockOptions o)
     {
         string filename = o.RequireString("filename");
-        o.GetEnum("locking", LockingModes);
+        var locking = o.GetEnum("locking", LockingModes) ?? LockingMode.Auto;
         o.GetEnum("aio", AioModes);
         o.GetInt("aio-max-batch");
         o.GetBool("drop-cache");
@@ -39,14 +61,14 @@ public sealed class FileNode : BlockNode
         FileStorage storage;
         try
         {
-            storage = FileStorage.Open(filename, new FileStorageOptions(readOnly, settings.Direct, settings.NoFlush));
+            storage = FileStorage.Open(filename, new FileStorageOptions(readOnly, settings.Direct, settings.NoFlush, locking));
         }
         catch (UnauthorizedAccessException) when (!readOnly && settings.AutoReadOnly)
         {
             // auto-read-only: fall back to read-only when the file cannot be opened for writing.
             readOnly = true;
             settings = settings with { ReadOnly = true };
-            storage = FileStorage.Open(filename, new FileStorageOptions(true, settings.Direct, settings.NoFlush));
+            storage = FileStorage.Open(filename, new FileStorageOptions(true, settings.Direct, settings.NoFlush, locking));
         }
         catch (FileNotFoundException)
         {
@@ -67,7 +89,10 @@ public sealed class FileNode : BlockNode
         return new FileNode(name, settings, autoNamed, filename, storage);
     }
 
-    private static readonly Dictionary<string, bool> LockingModes = new() { ["auto"] = true, ["on"] = true, ["off"] = false };
+    private static readonly Dictionary<string, LockingMode> LockingModes = new()
+    {
+        ["auto"] = LockingMode.Auto, ["on"] = LockingMode.On, ["off"] = LockingMode.Off,
+    };
     private static readonly Dictionary<string, int> AioModes = new() { ["threads"] = 0, ["native"] = 1, ["io_uring"] = 2 };
 
     public override ValueTask CloseAsync() => _image.DisposeAsync();

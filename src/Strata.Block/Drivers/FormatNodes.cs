@@ -16,6 +16,14 @@ public sealed class RawNode : BlockNode
     public override string FileName => _file.FileName;
     protected override IImage Inner => _file;
     public override ValueTask CloseAsync() => ValueTask.CompletedTask;
+
+    /// <summary>raw_child_perm: write and resize on the file only when a parent asks for them (never for metadata).</summary>
+    internal override (BlockPermissions Perm, BlockPermissions Shared) ChildPermissions(ChildRole role, BlockPermissions perm, BlockPermissions shared)
+    {
+        var r = base.ChildPermissions(role, perm, shared);
+        const BlockPermissions writeResize = BlockPermissions.Write | BlockPermissions.Resize;
+        return ((r.Perm & ~writeResize) | (perm & writeResize), r.Shared);
+    }
 }
 
 /// <summary>The "qcow2" format driver over its file child's storage, reading unallocated ranges from its backing child.</summary>
@@ -23,14 +31,10 @@ public sealed class Qcow2Node : BlockNode
 {
     private readonly BlockNode _file;
 
-    private Qcow2Node(string name, BlockNodeSettings settings, bool autoNamed, BlockNode file, Qcow2Image image)
-        : base(name, "qcow2", settings, autoNamed)
-    {
-        _file = file;
-        Image = image;
-    }
+    private Qcow2Node(string name, BlockNodeSettings settings, bool autoNamed, BlockNode file)
+        : base(name, "qcow2", settings, autoNamed) => _file = file;
 
-    public Qcow2Image Image { get; }
+    public Qcow2Image Image { get; private set; } = null!; // set by OpenAsync once the file child is attached
     public override string FileName => _file.FileName;
     protected override IImage Inner => Image;
 
@@ -57,9 +61,12 @@ public sealed class Qcow2Node : BlockNode
             rcCache = Math.Max(cacheSize.Value / 5, 0);
             l2Cache = cacheSize.Value - rcCache;
         }
+        var node = new Qcow2Node(name, settings, autoNamed, file);
+        // Take the file (and its image locks) before reading or repairing anything in it, as QEMU does.
+        var edge = node.AttachChild(file, "file", ChildRole.Image);
         try
         {
-            var image = await Qcow2Image.OpenAsync(file.Storage, new Qcow2OpenOptions
+            node.Image = await Qcow2Image.OpenAsync(file.Storage, new Qcow2OpenOptions
             {
                 L2CacheSize = l2Cache,
                 RefcountCacheSize = rcCache,
@@ -67,11 +74,17 @@ public sealed class Qcow2Node : BlockNode
                 OwnsBacking = false,
                 ReadOnly = settings.ReadOnly,
             }, ct).ConfigureAwait(false);
-            return new Qcow2Node(name, settings, autoNamed, file, image);
+            return node;
         }
         catch (ImageException e)
         {
+            edge.Release();
             throw new BlockException(e.Message, BlockErrorKind.Generic, e);
+        }
+        catch
+        {
+            edge.Release();
+            throw;
         }
     }
 

@@ -28,6 +28,19 @@ public sealed record ImageOpenOptions
     public bool ForCheck { get; init; }
     /// <summary>Backing chains deeper than this are refused (a guard against loops and hostile images).</summary>
     public int MaxChainDepth { get; init; } = 256;
+
+    /// <summary>Take QEMU's image locks on every file of the chain (as qemu-img does); off for library users by default.</summary>
+    public bool Lock { get; init; }
+    /// <summary>QEMU's locking option for the files opened.</summary>
+    public LockingMode Locking { get; init; } = LockingMode.Auto;
+    /// <summary>-U / force-share: let others write and resize the files (read-only images only).</summary>
+    public bool ForceShare { get; init; }
+    /// <summary>The image is open only for its metadata (qemu-img info): no consistent-read permission.</summary>
+    public bool NoIo { get; init; }
+    /// <summary>The user will resize the image (qemu-img resize): take the resize permission.</summary>
+    public bool Resize { get; init; }
+    /// <summary>Nobody else may write or resize the image while it is open (qemu-img convert's sources).</summary>
+    public bool NoShare { get; init; }
 }
 
 /// <summary>Opens images by file name: probes or checks the format, and opens backing chains by an explicit policy.</summary>
@@ -50,6 +63,11 @@ public static class ImageOpener
         try
         {
             string format = options.Format ?? await ProbeAsync(file, ct).ConfigureAwait(false);
+            if (options.Lock && format is "raw" or "qcow2")
+            {
+                var (perm, shared) = FilePermissions(format, options, depth);
+                file.Lock.Set(perm, shared);
+            }
             switch (format)
             {
                 case "raw":
@@ -86,10 +104,47 @@ public static class ImageOpener
         {
             return await OpenChainAsync(backingPath, backingOptions, depth + 1, seen, ct).ConfigureAwait(false);
         }
+        catch (ImageLockException e) when (!e.Message.StartsWith("Could not open backing file", StringComparison.Ordinal))
+        {
+            throw new ImageLockException($"Could not open backing file: {e.Message}", e.Hint);
+        }
         catch (ImageException e) when (!e.Message.StartsWith("Could not open backing file", StringComparison.Ordinal))
         {
             throw new ImageException($"Could not open backing file: {e.Message}", e);
         }
+    }
+
+    /// <summary>
+    /// The permissions QEMU's graph for qemu-img ends up taking on the file of the image <paramref name="depth"/> levels down
+    /// the chain: the BlockBackend's (blk_new_open) passed down through the backing (COW) edges, then the format's rule for
+    /// its file: qcow2 keeps metadata there (block.c's storage rule), raw passes requests through (a filter).
+    /// </summary>
+    private static (LockPermissions Perm, LockPermissions Shared) FilePermissions(string format, ImageOpenOptions options, int depth)
+    {
+        const LockPermissions cr = LockPermissions.ConsistentRead, w = LockPermissions.Write;
+        const LockPermissions wu = LockPermissions.WriteUnchanged, rs = LockPermissions.Resize;
+        var perm = (options.NoIo ? 0 : cr) | (options.ReadOnly ? 0 : w) | (options.Resize ? rs : 0);
+        var shared = options.NoShare ? cr | wu : LockPermissions.All;
+        for (int i = 0; i < depth; i++)
+        {
+            // A backing file is read only if its parent reads, and may change only under a parent that lets others write.
+            perm &= cr;
+            shared = ((shared & w) != 0 ? w | rs : 0) | cr | wu;
+        }
+        if (format == "qcow2")
+        {
+            if (!options.ReadOnly)
+                perm |= w | rs;
+            if (!options.NoIo)
+                perm |= cr;
+            shared &= ~(w | rs);
+            if ((perm & wu) != 0)
+                perm |= w;
+            if ((perm & w) != 0)
+                perm |= rs;
+        }
+        // force-share=on is inherited by every file of the chain: it shares everything.
+        return (perm, options.ForceShare ? LockPermissions.All : shared);
     }
 
     /// <summary>A backing name is relative to the directory of the image that names it (as QEMU resolves it).</summary>
@@ -105,7 +160,7 @@ public static class ImageOpener
     {
         try
         {
-            return FileStorage.Open(path, new FileStorageOptions(options.ReadOnly, options.Direct, options.NoFlush));
+            return FileStorage.Open(path, new FileStorageOptions(options.ReadOnly, options.Direct, options.NoFlush, options.Locking));
         }
         catch (FileNotFoundException)
         {

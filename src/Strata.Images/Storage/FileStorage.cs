@@ -10,7 +10,8 @@ namespace Strata.Images.Storage;
 /// <param name="ReadOnly">Open O_RDONLY; every modifying call throws <see cref="InvalidOperationException"/>.</param>
 /// <param name="Direct">O_DIRECT, QEMU's cache.direct=on: bypass the host page cache.</param>
 /// <param name="NoFlush">QEMU's cache.no-flush=on: <see cref="IStorage.FlushAsync"/> does nothing.</param>
-public sealed record FileStorageOptions(bool ReadOnly = false, bool Direct = false, bool NoFlush = false)
+/// <param name="Locking">QEMU's locking option: whether <see cref="FileStorage.Lock"/> takes OFD locks.</param>
+public sealed record FileStorageOptions(bool ReadOnly = false, bool Direct = false, bool NoFlush = false, LockingMode Locking = LockingMode.Auto)
 {
     public static FileStorageOptions Default { get; } = new();
 }
@@ -72,6 +73,7 @@ public sealed class FileStorage : IStorage
         _reservedEnd = length;
         _fdatasync = Fdatasync;
         _bounceSize = Math.Max(BounceBufferSize, alignment);
+        Lock = new ImageLock(handle, path, options.Locking);
         if (_direct)
         {
             _bouncePool = new ConcurrentQueue<AlignedBuffer>();
@@ -86,16 +88,47 @@ public sealed class FileStorage : IStorage
     /// <exception cref="IOException">It cannot be opened; the message names the file and the reason.</exception>
     public static FileStorage Open(string path, FileStorageOptions options) => OpenCore(path, options, create: false);
 
-    /// <summary>Creates the file, or truncates an existing one to 0 bytes, and opens it read-write.</summary>
+    /// <summary>
+    /// Creates the file, or truncates an existing one to 0 bytes, and opens it read-write. As QEMU's raw_co_create, an
+    /// existing file is truncated only after taking its write and resize locks (unless locking is off), so a file another
+    /// process has open is left alone; the locks are dropped again before returning.
+    /// </summary>
+    /// <exception cref="ImageLockException">Another process holds the file.</exception>
     public static FileStorage Create(string path, FileStorageOptions options)
     {
         ArgumentNullException.ThrowIfNull(options);
         if (options.ReadOnly)
             throw new ArgumentException("A file cannot be created read-only.", nameof(options));
-        return OpenCore(path, options, create: true);
+        var file = OpenCore(path, options, create: true);
+        try
+        {
+            if (file.Lock.Enabled)
+            {
+                // The creator writes and sizes the file, and cannot let anyone resize it meanwhile.
+                file.Lock.Set(LockPermissions.Write | LockPermissions.Resize, LockPermissions.All & ~LockPermissions.Resize);
+            }
+            // Only regular files are emptied: O_TRUNC, which this replaces, leaves devices alone too.
+            if (file.Length != 0 && Fstatx(file._handle, STATX_TYPE, out Statx st) == 0 && (st.Mode & S_IFMT) == S_IFREG)
+            {
+                int errno = Ftruncate(file._handle, 0);
+                if (errno != 0)
+                    throw new IOException($"Could not truncate '{path}': {Describe(errno)}", errno);
+                file._length = file._reservedEnd = 0;
+            }
+            file.Lock.Set(LockPermissions.None, LockPermissions.All);
+            return file;
+        }
+        catch
+        {
+            file._handle.Dispose();
+            throw;
+        }
     }
 
     public string Name { get; }
+
+    /// <summary>QEMU's image locks on this open file: none are held until a user sets permissions.</summary>
+    public ImageLock Lock { get; }
 
     public bool IsReadOnly { get; }
 
@@ -123,7 +156,7 @@ public sealed class FileStorage : IStorage
 
         int flags = (options.ReadOnly ? O_RDONLY : O_RDWR) | O_CLOEXEC;
         if (create)
-            flags |= O_CREAT | O_TRUNC;
+            flags |= O_CREAT; // truncated by Create once the file's locks allow it
         if (options.Direct)
             flags |= ODirect;
 

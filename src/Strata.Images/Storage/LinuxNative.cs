@@ -41,6 +41,7 @@ internal static unsafe partial class LinuxNative
     internal const uint STATX_DIOALIGN = 0x2000;
     internal const int S_IFMT = 0xF000;
     internal const int S_IFDIR = 0x4000;
+    internal const int S_IFREG = 0x8000;
 
     /// <summary>O_DIRECT differs per architecture: 0x4000 in asm-generic (x86, riscv, loongarch, s390),
     /// 0x10000 on arm/arm64, 0x20000 on powerpc.</summary>
@@ -62,6 +63,28 @@ internal static unsafe partial class LinuxNative
         [FieldOffset(0x98)] public uint DioMemAlign;
         [FieldOffset(0x9C)] public uint DioOffsetAlign;
     }
+
+    // Open file description locks (fcntl.h, identical on x86_64 and aarch64).
+    internal const int F_OFD_GETLK = 36;
+    internal const int F_OFD_SETLK = 37;
+    internal const short F_RDLCK = 0;
+    internal const short F_WRLCK = 1;
+    internal const short F_UNLCK = 2;
+    private const short SEEK_SET = 0;
+
+    /// <summary>struct flock on 64-bit Linux: l_type, l_whence, then 64-bit l_start and l_len, then l_pid (32 bytes).</summary>
+    [StructLayout(LayoutKind.Explicit, Size = 32)]
+    internal struct Flock
+    {
+        [FieldOffset(0)] public short Type;
+        [FieldOffset(2)] public short Whence;
+        [FieldOffset(8)] public long Start;
+        [FieldOffset(16)] public long Length;
+        [FieldOffset(24)] public int Pid;
+    }
+
+    [LibraryImport(Libc, EntryPoint = "fcntl", SetLastError = true)]
+    private static partial int SysFcntlLock(SafeFileHandle fd, int cmd, Flock* lk);
 
     [LibraryImport(Libc, EntryPoint = "open", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     private static partial int SysOpen(string path, int flags, uint mode);
@@ -147,6 +170,35 @@ internal static unsafe partial class LinuxNative
             errno = Marshal.GetLastPInvokeError();
         result = buffer;
         return errno;
+    }
+
+    /// <summary>Takes (F_RDLCK, F_WRLCK) or drops (F_UNLCK) an OFD lock on [start, start+length) without waiting; 0 or an errno.</summary>
+    internal static int OfdSetLock(SafeFileHandle fd, short type, long start, long length)
+    {
+        var lk = new Flock { Type = type, Whence = SEEK_SET, Start = start, Length = length };
+        while (true)
+        {
+            if (SysFcntlLock(fd, F_OFD_SETLK, &lk) == 0)
+                return 0;
+            int errno = Marshal.GetLastPInvokeError();
+            if (errno != EINTR)
+                return errno;
+        }
+    }
+
+    /// <summary>F_OFD_GETLK: the type of lock another open file description holds that would block <paramref name="type"/>
+    /// on the range (F_UNLCK if none), or -errno.</summary>
+    internal static int OfdTestLock(SafeFileHandle fd, short type, long start, long length)
+    {
+        var lk = new Flock { Type = type, Whence = SEEK_SET, Start = start, Length = length };
+        while (true)
+        {
+            if (SysFcntlLock(fd, F_OFD_GETLK, &lk) == 0)
+                return lk.Type;
+            int errno = Marshal.GetLastPInvokeError();
+            if (errno != EINTR)
+                return -errno;
+        }
     }
 
     /// <summary>strerror text ("No space left on device").</summary>

@@ -239,6 +239,10 @@ public static class ImageCreate
         {
             file = FileStorage.Create(filename, FileStorageOptions.Default);
         }
+        catch (ImageLockException e)
+        {
+            throw new CreateException(e.Message, e.Hint is null ? null : e.Hint + "\n");
+        }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
             throw new CreateException($"Could not create '{filename}': {IoReason(e)}");
@@ -271,6 +275,10 @@ public static class ImageCreate
         try
         {
             file = FileStorage.Create(filename, FileStorageOptions.Default);
+        }
+        catch (ImageLockException e)
+        {
+            throw new CreateException(e.Message, e.Hint is null ? null : e.Hint + "\n");
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {

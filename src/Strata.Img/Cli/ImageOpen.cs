@@ -1,16 +1,24 @@
 using Strata.Images;
 using Strata.Images.Format;
+using Strata.Images.Storage;
 
 namespace Strata.Img.Cli;
 
 /// <summary>qemu-img's img_open: opens an image by name, reporting failures as "Could not open 'x': ...".</summary>
 public static class ImageOpen
 {
+    /// <param name="forceShare">-U: take no share-restricting locks (read-only images only).</param>
+    /// <param name="noIo">Opened for metadata only (info): no consistent-read lock.</param>
+    /// <param name="resize">Take the resize permission (resize).</param>
+    /// <param name="noShare">Let nobody else write while open (convert's sources).</param>
     public static async Task<IImage> OpenAsync(string filename, string? fmt, bool writable = false,
-        bool noBacking = false, bool forCheck = false, bool direct = false, bool noFlush = false, CancellationToken ct = default)
+        bool noBacking = false, bool forCheck = false, bool direct = false, bool noFlush = false, bool forceShare = false,
+        bool noIo = false, bool resize = false, bool noShare = false, CancellationToken ct = default)
     {
         if (fmt != null && !ImageOpener.SupportedFormats.Contains(fmt))
             throw Io.Fail($"Could not open '{filename}': Unknown driver '{fmt}'");
+        if (forceShare && writable)
+            throw Io.Fail($"Could not open '{filename}': force-share=on can only be used with read-only images");
         try
         {
             if (fmt == null && writable && File.Exists(filename))
@@ -30,7 +38,20 @@ public static class ImageOpen
                 ForCheck = forCheck,
                 Direct = direct,
                 NoFlush = noFlush,
+                Lock = true,
+                ForceShare = forceShare,
+                NoIo = noIo,
+                Resize = resize,
+                NoShare = noShare,
             }, ct);
+        }
+        catch (ImageLockException e)
+        {
+            // error_report_err: the message, then its hint on a line of its own.
+            Io.Error($"Could not open '{filename}': {e.Message}");
+            if (e.Hint != null)
+                Io.ErrorRaw(e.Hint + "\n");
+            throw new ExitException(1);
         }
         catch (Exception e) when (e is ImageException or IOException or UnauthorizedAccessException)
         {

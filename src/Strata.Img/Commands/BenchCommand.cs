@@ -27,6 +27,7 @@ public static class BenchCommand
     public static async Task<int> RunAsync(string[] args)
     {
         string? fmt = null;
+        bool forceShare = false;
         bool isWrite = false, drainOnFlush = true, direct = false, noFlush = false, writethrough = false;
         long count = 75000, depth = 64, offset = 0, bufsize = 4096, step = 0, flushInterval = 0;
         byte pattern = 0;
@@ -68,7 +69,7 @@ public static class BenchCommand
                     }
                     break;
                 case 'w': isWrite = true; break;
-                case 'U': break;
+                case 'U': forceShare = true; break;
                 case OptPattern:
                     if (!QemuOpts.TryParseU64(o.Value!, out ulong p) || p > 0xff)
                         throw Io.Fail("Invalid pattern byte specified");
@@ -91,7 +92,7 @@ public static class BenchCommand
         if (flushInterval != 0 && flushInterval < depth)
             throw Io.Fail("Flush interval can't be smaller than depth");
 
-        await using var img = await ImageOpen.OpenAsync(filename, fmt, writable: isWrite, direct: direct, noFlush: noFlush);
+        await using var img = await ImageOpen.OpenAsync(filename, fmt, writable: isWrite, direct: direct, noFlush: noFlush, forceShare: forceShare);
         long imageSize = ImageIo.VirtualSize(img);
         if (step == 0)
             step = bufsize;

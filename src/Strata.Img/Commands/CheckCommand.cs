@@ -25,7 +25,7 @@ public static class CheckCommand
     public static async Task<int> RunAsync(string[] args)
     {
         string? fmt = null, output = null;
-        bool quiet = false;
+        bool quiet = false, forceShare = false;
         var mode = Qcow2RepairMode.None;
         var (opts, pos) = GetOpt.Parse(args, ":hf:r:T:qU", Longs);
         foreach (var o in opts)
@@ -45,7 +45,7 @@ public static class CheckCommand
                 case OptOutput: output = o.Value; break;
                 case 'T': break;
                 case 'q': quiet = true; break;
-                case 'U': break;
+                case 'U': forceShare = true; break;
                 default: throw Io.ErrorExit($"option not supported: {o.Text}");
             }
         }
@@ -54,7 +54,7 @@ public static class CheckCommand
         string filename = pos[0];
         bool json = Io.ParseOutputFormat(output);
 
-        await using var img = await ImageOpen.OpenAsync(filename, fmt, writable: mode != Qcow2RepairMode.None, noBacking: true, forCheck: true);
+        await using var img = await ImageOpen.OpenAsync(filename, fmt, writable: mode != Qcow2RepairMode.None, noBacking: true, forCheck: true, forceShare: forceShare);
         if (img is not Qcow2Image q)
         {
             Io.Error("This image format does not support checks");

@@ -21,7 +21,7 @@ public static class CompareCommand
     public static async Task<int> RunAsync(string[] args)
     {
         string? fmt1 = null, fmt2 = null;
-        bool progress = false, quiet = false, strict = false;
+        bool progress = false, quiet = false, strict = false, forceShare = false;
         var (opts, pos) = GetOpt.Parse(args, ":hf:F:T:pqsU", Longs);
         foreach (var o in opts)
         {
@@ -34,7 +34,7 @@ public static class CompareCommand
                 case 'p': progress = true; break;
                 case 'q': quiet = true; break;
                 case 's': strict = true; break;
-                case 'U': break;
+                case 'U': forceShare = true; break;
                 default: throw Io.ErrorExit($"option not supported: {o.Text}");
             }
         }
@@ -46,7 +46,7 @@ public static class CompareCommand
         var prog = new Progress(progress, 2.0f);
         try
         {
-            return await CompareAsync(filename1, fmt1, filename2, fmt2, strict, quiet, prog);
+            return await CompareAsync(filename1, fmt1, filename2, fmt2, strict, quiet, prog, forceShare);
         }
         finally
         {
@@ -54,11 +54,11 @@ public static class CompareCommand
         }
     }
 
-    private static async Task<IImage> OpenOrExit2(string filename, string? fmt)
+    private static async Task<IImage> OpenOrExit2(string filename, string? fmt, bool forceShare)
     {
         try
         {
-            return await ImageOpen.OpenAsync(filename, fmt);
+            return await ImageOpen.OpenAsync(filename, fmt, forceShare: forceShare);
         }
         catch (ExitException)
         {
@@ -66,10 +66,10 @@ public static class CompareCommand
         }
     }
 
-    private static async Task<int> CompareAsync(string filename1, string? fmt1, string filename2, string? fmt2, bool strict, bool quiet, Progress prog)
+    private static async Task<int> CompareAsync(string filename1, string? fmt1, string filename2, string? fmt2, bool strict, bool quiet, Progress prog, bool forceShare)
     {
-        await using var img1 = await OpenOrExit2(filename1, fmt1);
-        await using var img2 = await OpenOrExit2(filename2, fmt2);
+        await using var img1 = await OpenOrExit2(filename1, fmt1, forceShare);
+        await using var img2 = await OpenOrExit2(filename2, fmt2, forceShare);
         var chain1 = new ChainStatus(img1, filename1);
         var chain2 = new ChainStatus(img2, filename2);
         var buf1 = new byte[IoBufSize];

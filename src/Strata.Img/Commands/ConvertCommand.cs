@@ -71,7 +71,7 @@ public static class ConvertCommand
         IImage? snapshotBase = null;
         int minSparse = 8, numCoroutines = 8;
         var (opts, pos) = GetOpt.Parse(args, ":hf:O:B:CcF:o:l:S:pt:T:qnm:WUr:", Longs);
-        bool compressed = false;
+        bool compressed = false, forceShare = false;
         foreach (var o in opts)
         {
             switch (o.Id)
@@ -113,7 +113,7 @@ public static class ConvertCommand
                     numCoroutines = (int)m;
                     break;
                 case 'W': break; // writes stay in order; that is always a valid schedule
-                case 'U': break;
+                case 'U': forceShare = true; break;
                 case 'r': Sizes.CvtNum("rate limit", o.Value!); break;
                 case OptObject: break;
                 case OptImageOpts: throw Io.Fail("--image-opts is not supported");
@@ -189,7 +189,7 @@ public static class ConvertCommand
                 IImage img;
                 try
                 {
-                    img = await ImageOpen.OpenAsync(pos[i], fmt);
+                    img = await ImageOpen.OpenAsync(pos[i], fmt, forceShare: forceShare, noShare: true);
                 }
                 catch (ExitException)
                 {

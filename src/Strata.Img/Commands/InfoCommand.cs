@@ -22,7 +22,7 @@ public static class InfoCommand
     public static async Task<int> RunAsync(string[] args)
     {
         string? fmt = null, output = null;
-        bool chain = false;
+        bool chain = false, forceShare = false;
         var (opts, pos) = GetOpt.Parse(args, ":f:hU", Longs);
         foreach (var o in opts)
         {
@@ -32,7 +32,7 @@ public static class InfoCommand
                 case 'f': fmt = o.Value; break;
                 case OptOutput: output = o.Value; break;
                 case OptBackingChain: chain = true; break;
-                case 'U': break;
+                case 'U': forceShare = true; break;
                 default: throw Io.ErrorExit($"option not supported: {o.Text}");
             }
         }
@@ -47,7 +47,7 @@ public static class InfoCommand
         {
             if (!seen.Add(filename))
                 throw Io.Fail($"Backing file '{filename}' creates an infinite loop.");
-            await using (var img = await ImageOpen.OpenAsync(filename, fmt, noBacking: true))
+            await using (var img = await ImageOpen.OpenAsync(filename, fmt, noBacking: true, forceShare: forceShare, noIo: true))
                 list.Add(await ImageInfo.CollectAsync(img, filename));
             var info = list[^1];
             filename = null;

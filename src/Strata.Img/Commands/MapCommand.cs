@@ -25,6 +25,7 @@ public static class MapCommand
     {
         string? fmt = null, output = null;
         long start = 0, maxLength = long.MaxValue;
+        bool forceShare = false;
         var (opts, pos) = GetOpt.Parse(args, ":f:hU", Longs);
         foreach (var o in opts)
         {
@@ -32,7 +33,7 @@ public static class MapCommand
             {
                 case 'h': return Help.Show();
                 case 'f': fmt = o.Value; break;
-                case 'U': break;
+                case 'U': forceShare = true; break;
                 case OptOutput: output = o.Value; break;
                 case OptStart: start = Sizes.CvtNum("start offset", o.Value!); break;
                 case OptMax: maxLength = Sizes.CvtNum("max length", o.Value!); break;
@@ -44,7 +45,7 @@ public static class MapCommand
         string filename = pos[0];
         bool json = Io.ParseOutputFormat(output);
 
-        await using var img = await ImageOpen.OpenAsync(filename, fmt);
+        await using var img = await ImageOpen.OpenAsync(filename, fmt, forceShare: forceShare);
         var chain = new ChainStatus(img, filename);
         var o2 = Io.Out;
         if (json)

@@ -25,7 +25,7 @@ public static class MeasureCommand
     {
         string? fmt = null, options = null;
         string outFmt = "raw";
-        bool json = false;
+        bool json = false, forceShare = false;
         long imgSize = -1;
         SnapshotParam? snapshot = null;
         IImage? snapshotBase = null;
@@ -43,7 +43,7 @@ public static class MeasureCommand
                     options = options == null ? o.Value : options + "," + o.Value;
                     break;
                 case 'l': snapshot = SnapshotParam.Parse(o.Value!); break;
-                case 'U': break;
+                case 'U': forceShare = true; break;
                 case OptOutput:
                     json = o.Value switch
                     {
@@ -65,7 +65,7 @@ public static class MeasureCommand
         if (filename == null && imgSize == -1)
             throw Io.Fail("Either --size N or one filename must be specified.");
 
-        IImage? img = filename != null ? await ImageOpen.OpenAsync(filename, fmt) : null;
+        IImage? img = filename != null ? await ImageOpen.OpenAsync(filename, fmt, forceShare: forceShare) : null;
         try
         {
             if (snapshot != null && img != null)

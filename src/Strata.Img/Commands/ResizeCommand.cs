@@ -73,7 +73,7 @@ public static class ResizeCommand
         }
         long n = (long)param.GetNumber("size")!.Value;
 
-        await using var img = await ImageOpen.OpenAsync(filename, fmt, writable: true);
+        await using var img = await ImageOpen.OpenAsync(filename, fmt, writable: true, resize: true);
         long current = ImageIo.VirtualSize(img);
         long total = relative != 0 ? current + n * relative : n;
         if (total <= 0)

@@ -37,6 +37,12 @@ internal static class BlockCommands
             throw new QmpException(QmpError.Generic("Parameter 'size' expects a >0 size"));
         }
 
+        // QEMU's op blockers: a backing file cannot be resized (the blocker is reported under the device name, null here).
+        if (node.Parents.Any(p => p.Role == "backing"))
+        {
+            throw new BlockException($"Device '{device ?? "(null)"}' is in use");
+        }
+
         var backend = new BlockBackend("an unnamed block device", node, BlockPermissions.Resize, BlockPermissions.All);
         try
         {

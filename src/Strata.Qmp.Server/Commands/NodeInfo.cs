@@ -15,53 +15,7 @@ internal static class NodeInfo
     /// Nodes in the order QEMU names them (its graph_bdrv_states list): a format node is named after its file child and
     /// before its backing chain, which QEMU opens once the node itself is open.
     /// </summary>
-    public static List<BlockNode> InNamingOrder(BlockGraph graph)
-    {
-        var nodes = graph.Nodes;
-        var index = new Dictionary<BlockNode, int>();
-        for (int i = 0; i < nodes.Count; i++)
-        {
-            index[nodes[i]] = i;
-        }
-
-        var done = new HashSet<BlockNode>();
-        var order = new List<BlockNode>(nodes.Count);
-        void Emit(BlockNode n)
-        {
-            if (!done.Add(n))
-            {
-                return;
-            }
-
-            if (n.FileChild is { } f)
-            {
-                Emit(f);
-            }
-
-            order.Add(n);
-            if (n.BackingChild is { } b)
-            {
-                Emit(b);
-            }
-        }
-
-        foreach (var n in nodes)
-        {
-            // A node opened together with a later parent (an inline child or a backing file) is named through it.
-            bool openedWithParent = n.Parents.Any(p => p.Parent is BlockNode parent && index.TryGetValue(parent, out var pi) && pi > index[n]);
-            if (!openedWithParent)
-            {
-                Emit(n);
-            }
-        }
-
-        foreach (var n in nodes)
-        {
-            Emit(n);
-        }
-
-        return order;
-    }
+    public static List<BlockNode> InNamingOrder(BlockGraph graph) => graph.Nodes.OrderBy(n => n.NamingOrder).ToList();
 
     public static BlockDeviceInfo DeviceInfo(BlockNode node, bool flat)
     {
