@@ -141,6 +141,36 @@ public sealed class JobDifferentialTests
             E("""{"execute":"query-jobs"}"""),
         ], ["t.qcow2"]),
 
+        ["nodes in use"] = (
+        [
+            E(Caps),
+            CreateFile("f", "t.qcow2"),
+            Concluded("f"),
+            AddFile("t", "t.qcow2"),
+            E(Create("q", """{"driver":"qcow2","file":"t","size":1048576}""")),
+            Concluded("q"),
+            // A format node on the file does not share write and resize: the create fails before any I/O.
+            E("""{"execute":"blockdev-add","arguments":{"driver":"qcow2","node-name":"d","file":"t"}}"""),
+            E(Create("q2", """{"driver":"qcow2","file":"t","size":1048576}""")),
+            // ... but the format node itself can be written through.
+            E(Create("q3", """{"driver":"qcow2","file":"d","size":2097152,"cluster-size":16384}""")),
+            Concluded("q3"),
+            // An export does not share resize.
+            E("""{"execute":"nbd-server-start","arguments":{"addr":{"type":"unix","data":{"path":"$D/nbd.sock"}}}}"""),
+            CreateFile("f2", "e.img", ",\"preallocation\":\"off\""),
+            Concluded("f2"),
+            AddFile("e", "e.img"),
+            E("""{"execute":"block-export-add","arguments":{"type":"nbd","id":"x","node-name":"e","writable":true}}"""),
+            E(Create("q4", """{"driver":"qcow2","file":"e","size":1048576}""")),
+            // A file given inline is opened for the job only.
+            E(Create("q5", """{"driver":"qcow2","file":{"driver":"file","filename":"$D/r.raw"},"size":4194304}""")),
+            Concluded("q5"),
+            E(Create("q6", """{"driver":"qcow2","file":{"driver":"file","filename":"$D/none"},"size":4194304}""")),
+            Concluded("q6"),
+            E("""{"execute":"query-jobs"}"""),
+            E("""{"execute":"query-named-block-nodes","arguments":{"flat":true}}"""),
+        ], ["t.qcow2", "e.img", "r.raw"]),
+
         ["job verbs"] = (
         [
             E(Caps),

@@ -101,7 +101,7 @@ internal static class CreateCommands
     };
 
     private static NodeReference Ref(JsonElement r) =>
-        r.ValueKind == JsonValueKind.String ? new NodeReference(r.GetString()) : new NodeReference(null, JsonObject.Create(r));
+        r.ValueKind == JsonValueKind.String ? new NodeReference(r.GetString()) : new NodeReference(null, JsonNode.Parse(r.GetRawText())!.AsObject()); // a copy: the job outlives the request
 
     private static Preallocation? Prealloc(string? mode) => mode switch
     {

@@ -32,7 +32,7 @@ public static class JobTypes
 
     private static readonly QapiEnum PreallocMode = new("PreallocMode", "off", "metadata", "falloc", "full");
 
-    private static readonly QapiAlternate BlockdevRef = new("BlockdevRef", Str, QmpTypes.BlockdevOptions);
+    private static readonly QapiAlternate BlockdevRef = new("BlockdevRef", QmpTypes.BlockdevOptions, Str);
 
     private static readonly QapiObject CreateOptionsFile = new("BlockdevCreateOptionsFile",
         Req("filename", Str), Req("size", Size), Opt("preallocation", PreallocMode), Opt("nocow", Bool), Opt("extent-size-hint", Size));
