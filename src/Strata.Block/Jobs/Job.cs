@@ -432,8 +432,9 @@ public abstract class Job
         {
             _cancelled = true;
             _forceCancel |= force;
-            if (_forceCancel)
-                _forceCancelled.Cancel();
+            // Cancelled off this thread: callbacks of the token must not run the job's code inside a verb's lock.
+            if (_forceCancel && !_forceCancelled.IsCancellationRequested)
+                ThreadPool.UnsafeQueueUserWorkItem(static cts => cts.Cancel(), _forceCancelled, preferLocal: false);
         }
     }
 
