@@ -17,6 +17,7 @@ public sealed class CreateJobTests
         using var b = new JobBench();
         await using var graph = new BlockGraph();
         string path = dir.Combine("d.qcow2");
+        QemuTools.QemuImg("create", "-q", "-f", "raw", dir.Combine("base.img"), "64M").EnsureSuccess();
 
         var file = CreateJob.Start(b.Registry, graph, "f", new FileCreateRequest(path, 12345) { Preallocation = Preallocation.Full });
         await JobBench.WaitForStatus(file, JobStatus.Concluded);
@@ -52,7 +53,7 @@ public sealed class CreateJobTests
         Assert.Equal(8, specific.GetProperty("refcount-bits").GetInt32());
         Assert.Equal("zstd", specific.GetProperty("compression-type").GetString());
         var check = QemuTools.QemuImg("check", "-U", path);
-        Assert.True(check.Succeeded, check.StdOut);
+        Assert.True(check.Succeeded, check.StdOut + check.StdErr);
     }
 
     [Theory]
