@@ -131,12 +131,8 @@ public sealed class CreateJob : Job
         try
         {
             var options = Qcow2Options(q);
-            if (q.DataFile is { } dataFile)
-            {
-                if (dataFile.NodeName is { } dataName)
-                    _graph.Get(dataName);
-                throw new BlockException("External data files are not supported by strata-daemon");
-            }
+            if (q.DataFile?.NodeName is { } dataName)
+                _graph.Get(dataName);
 
             var backend = new BlockBackend("an unnamed block device", node, BlockPermissions.Write | BlockPermissions.Resize, BlockPermissions.All);
             try
@@ -144,9 +140,25 @@ public sealed class CreateJob : Job
                 // From here on QEMU does I/O in its thread pool: the rest completes after the command's reply.
                 await Task.Run(async () =>
                 {
+                    // QEMU fails when it opens the new image with its data file, after the command has returned.
+                    if (q.DataFile is not null)
+                        throw new BlockException("External data files are not supported by strata-daemon");
                     var storage = new BackendStorage(backend, keepContentOnTruncateToZero: true);
-                    var image = await Qcow2Creator.CreateAsync(storage, options, new Qcow2OpenOptions { OwnsStorage = false }).ConfigureAwait(false);
+                    // QEMU writes the empty image first and fails when it grows it: leave the same empty image.
+                    string? resizeFailure = ResizeFailure(q.Size, options);
+                    var create = resizeFailure is null ? options : new Qcow2CreateOptions
+                    {
+                        Version = options.Version,
+                        ClusterSize = options.ClusterSize,
+                        RefcountBits = options.RefcountBits,
+                        LazyRefcounts = options.LazyRefcounts,
+                        ExtendedL2 = options.ExtendedL2,
+                        CompressionType = options.CompressionType,
+                    };
+                    var image = await Qcow2Creator.CreateAsync(storage, create, new Qcow2OpenOptions { OwnsStorage = false }).ConfigureAwait(false);
                     await image.DisposeAsync().ConfigureAwait(false);
+                    if (resizeFailure is not null)
+                        throw new BlockException("Could not resize image: " + resizeFailure);
                 }).ConfigureAwait(false);
             }
             finally
@@ -176,6 +188,19 @@ public sealed class CreateJob : Job
         var copy = (JsonObject)options.DeepClone();
         copy["node-name"] ??= $"strata-create-{Id}";
         return await _graph.AddAsync(copy).ConfigureAwait(false);
+    }
+
+    /// <summary>Why qcow2_co_truncate refuses the size, with its messages, or null.</summary>
+    private static string? ResizeFailure(ulong size, Qcow2CreateOptions o)
+    {
+        if (size > long.MaxValue)
+            return "Image size cannot be negative";
+        int clusterBits = BitOperations.Log2((uint)o.ClusterSize);
+        int l2Bits = clusterBits - (o.ExtendedL2 ? 4 : 3);
+        ulong perL1Entry = 1UL << (clusterBits + l2Bits);
+        ulong l1Entries = (size + perL1Entry - 1) / perL1Entry;
+        return l1Entries * 8 > 32UL << 20 // QCOW_MAX_L1_SIZE
+            ? "Failed to grow the L1 table: File too large" : null;
     }
 
     private const string UseV3 = " (use version=v3 or greater)";
@@ -217,12 +242,9 @@ public sealed class CreateJob : Job
         var compression = q.CompressionType ?? CompressionType.Zlib;
         if (compression != CompressionType.Zlib && version < 3)
             throw new BlockException("Non-zlib compression type is only supported with compatibility level 1.1 and above" + UseV3);
-        if (q.Size > long.MaxValue)
-            throw new BlockException("Image size is too large for this cluster size");
-
         return new Qcow2CreateOptions
         {
-            Size = (long)q.Size,
+            Size = (long)Math.Min(q.Size, long.MaxValue), // larger sizes fail at the resize (see ResizeFailure)
             Version = version,
             ClusterSize = (int)clusterSize,
             RefcountBits = (int)refcountBits,
