@@ -35,7 +35,6 @@ public sealed class QmpServer : IAsyncDisposable
     private readonly List<Task> _tasks = [];
     private readonly List<QmpSession> _sessions = [];
     private readonly CancellationTokenSource _shutdown = new();
-    private readonly SemaphoreSlim _control = new(1, 1);
     private readonly ILoggerFactory _loggers;
     private JsonElement? _schema;
     private int _sessionCounter;
@@ -62,6 +61,7 @@ public sealed class QmpServer : IAsyncDisposable
     public static IReadOnlyList<(string Name, QapiObject Data)> Events { get; } =
     [
         (QmpEventNames.BlockExportDeleted, QmpTypes.BlockExportDeletedData),
+        (QmpEventNames.JobStatusChange, JobTypes.JobStatusChangeData),
     ];
 
     /// <summary>query-qmp-schema's reply, built once from the command table.</summary>
@@ -173,23 +173,18 @@ public sealed class QmpServer : IAsyncDisposable
         }
     }
 
-    /// <summary>Runs one command with the control plane held (one command at a time across sessions).</summary>
+    /// <summary>
+    /// Runs one command. The caller holds the daemon's main loop from before the command until its reply is queued
+    /// (one command at a time across sessions, and no job completes in between).
+    /// </summary>
     internal async ValueTask<JsonElement> ExecuteAsync(QmpCommand command, QmpCommandContext context, JsonElement args, CancellationToken ct)
     {
-        await _control.WaitAsync(ct).ConfigureAwait(false);
-        try
+        if (!command.Boxed)
         {
-            if (!command.Boxed)
-            {
-                QapiVisitor.Check(command.Arguments, args);
-            }
+            QapiVisitor.Check(command.Arguments, args);
+        }
 
-            return await command.Handler(context, args, ct).ConfigureAwait(false);
-        }
-        finally
-        {
-            _control.Release();
-        }
+        return await command.Handler(context, args, ct).ConfigureAwait(false);
     }
 
     private void OnDaemonEvent(DaemonEvent e)
@@ -282,6 +277,5 @@ public sealed class QmpServer : IAsyncDisposable
         }
 
         _shutdown.Dispose();
-        _control.Dispose();
     }
 }

@@ -75,19 +75,24 @@ public sealed class QmpSession
                     break;
                 }
 
-                var reply = await HandleAsync(frame, ct).ConfigureAwait(false);
-                if (QuitRequested)
+                byte[] reply;
+                using (await _server.Daemon.MainLoop.EnterAsync(ct).ConfigureAwait(false))
                 {
-                    var written = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-                    _out.Writer.TryWrite(new Outgoing(reply, written));
-                    await written.Task.WaitAsync(TimeSpan.FromSeconds(5), ct).ConfigureAwait(false);
-                    _server.Options.Quit?.Invoke();
-                    QuitRequested = false;
+                    reply = await HandleAsync(frame, ct).ConfigureAwait(false);
+                    if (!QuitRequested)
+                    {
+                        // Queued before the main loop is released: a job completing now sends its events after it.
+                        _out.Writer.TryWrite(new Outgoing(reply, null));
+                        continue;
+                    }
                 }
-                else
-                {
-                    _out.Writer.TryWrite(new Outgoing(reply, null));
-                }
+
+                // quit: the reply must be out before the host is told to stop.
+                var written = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+                _out.Writer.TryWrite(new Outgoing(reply, written));
+                await written.Task.WaitAsync(TimeSpan.FromSeconds(5), ct).ConfigureAwait(false);
+                _server.Options.Quit?.Invoke();
+                QuitRequested = false;
             }
         }
         catch (Exception e) when (e is OperationCanceledException or IOException or TimeoutException)

@@ -3,6 +3,7 @@ using System.Net.Sockets;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 using Strata.Block;
+using Strata.Block.Jobs;
 using Strata.Nbd;
 
 namespace Strata.Server;
@@ -26,11 +27,25 @@ public sealed class StorageDaemon : IAsyncDisposable
     {
         _loggers = loggers ?? NullLoggerFactory.Instance;
         _log = _loggers.CreateLogger("Strata.Server");
+        Jobs = new JobRegistry(MainLoop);
+        Jobs.Events.Raised += OnJobEvent;
     }
 
     public BlockGraph Graph { get; } = new();
     public NbdServer? Nbd => _nbd;
     public IReadOnlyList<BlockExport> Exports => _exports;
+
+    /// <summary>Commands and job completions take turns on it (QEMU's main loop).</summary>
+    public MainLoop MainLoop { get; } = new();
+
+    /// <summary>The daemon's jobs (blockdev-create, later block jobs).</summary>
+    public JobRegistry Jobs { get; }
+
+    private void OnJobEvent(JobEvent e)
+    {
+        if (e is JobStatusChanged c)
+            Raise("JOB_STATUS_CHANGE", ("id", c.Job.Id), ("status", JobTransitions.Name(c.Status)));
+    }
 
     /// <summary>Raised for QMP events (BLOCK_EXPORT_DELETED, ...).</summary>
     public event Action<DaemonEvent>? EventRaised;
@@ -153,6 +168,7 @@ public sealed class StorageDaemon : IAsyncDisposable
     /// <summary>Shutdown: exports drained and removed, images flushed and closed, sockets closed.</summary>
     public async ValueTask DisposeAsync()
     {
+        await Jobs.CancelAllAsync(TimeSpan.FromSeconds(10)).ConfigureAwait(false);
         if (_nbd != null)
         {
             try

@@ -265,6 +265,13 @@ public sealed class QmpDifferentialTests
         var expected = await qsd;
         var actual = await strata;
 
+        var report = Differences(steps, expected, actual);
+        Assert.True(report.Length == 0, report.ToString());
+    }
+
+    /// <summary>Where two transcripts of <paramref name="steps"/> disagree (empty when they agree).</summary>
+    internal static StringBuilder Differences(Step[] steps, Transcript expected, Transcript actual)
+    {
         var report = new StringBuilder();
         var greetingDiff = QmpScript.CompareShape(expected.Greeting, actual.Greeting);
         if (greetingDiff is not null || expected.Greeting != actual.Greeting)
@@ -308,6 +315,6 @@ public sealed class QmpDifferentialTests
             }
         }
 
-        Assert.True(report.Length == 0, report.ToString());
+        return report;
     }
 }

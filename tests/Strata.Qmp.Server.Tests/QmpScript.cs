@@ -16,16 +16,26 @@ public enum Match
     Shape,
 }
 
-/// <summary>One line sent to the monitor and how its answer (events, then the reply) is compared.</summary>
-public sealed record Step(string Line, Match Match, string? Why = null);
+/// <summary>
+/// One line sent to the monitor and how its answer (events, then the reply) is compared. A line
+/// <c>#wait TEXT</c> sends nothing and reads events until one contains TEXT (a job finishing in the background).
+/// </summary>
+public sealed record Step(string Line, Match Match, string? Why = null)
+{
+    public const string WaitPrefix = "#wait ";
+}
 
-/// <summary>What a daemon answered to each step, normalised.</summary>
-public sealed record Transcript(string Greeting, IReadOnlyList<IReadOnlyList<string>> Answers);
+/// <summary>What a daemon answered to each step, normalised, and the files asked for, as they were at the end.</summary>
+public sealed record Transcript(string Greeting, IReadOnlyList<IReadOnlyList<string>> Answers)
+{
+    public IReadOnlyDictionary<string, byte[]?> Files { get; init; } = new Dictionary<string, byte[]?>();
+}
 
 /// <summary>Runs a script of raw QMP lines against a daemon over its unix socket.</summary>
 public static partial class QmpScript
 {
-    public static async Task<Transcript> RunAsync(DaemonCommand command, IReadOnlyList<Step> steps)
+    /// <param name="collect">Files of the scenario's directory to read once the steps are done (null when absent).</param>
+    public static async Task<Transcript> RunAsync(DaemonCommand command, IReadOnlyList<Step> steps, IReadOnlyList<string>? collect = null)
     {
         await using var daemon = await QmpDaemon.StartAsync(command);
         Tools.QemuImg("create", "-q", "-f", "qcow2", daemon.PathOf("a.qcow2"), "64M");
@@ -42,6 +52,12 @@ public static partial class QmpScript
         var answers = new List<IReadOnlyList<string>>();
         foreach (var step in steps)
         {
+            if (step.Line.StartsWith(Step.WaitPrefix, StringComparison.Ordinal))
+            {
+                answers.Add(await WaitForAsync(reader, step.Line[Step.WaitPrefix.Length..], Norm));
+                continue;
+            }
+
             var bytes = Encoding.UTF8.GetBytes(step.Line.Replace("$D", daemon.Directory, StringComparison.Ordinal) + "\n");
             await stream.WriteAsync(bytes);
             var messages = new List<string>();
@@ -75,7 +91,45 @@ public static partial class QmpScript
             answers.Add(messages);
         }
 
-        return new Transcript(greeting, answers);
+        var files = new Dictionary<string, byte[]?>();
+        foreach (var name in collect ?? [])
+        {
+            var path = daemon.PathOf(name);
+            files[name] = File.Exists(path) ? await File.ReadAllBytesAsync(path) : null;
+        }
+
+        return new Transcript(greeting, answers) { Files = files };
+    }
+
+    /// <summary>Reads messages until one contains <paramref name="text"/> (normalised), or 20 s pass.</summary>
+    private static async Task<IReadOnlyList<string>> WaitForAsync(StreamReader reader, string text, Func<string, string> norm)
+    {
+        var messages = new List<string>();
+        while (true)
+        {
+            string? line;
+            try
+            {
+                line = await ReadLineAsync(reader);
+            }
+            catch (OperationCanceledException)
+            {
+                messages.Add($"<no message with {text} within 20 s>");
+                return messages;
+            }
+
+            if (line is null)
+            {
+                messages.Add("<connection closed>");
+                return messages;
+            }
+
+            messages.Add(norm(line));
+            if (messages[^1].Contains(text, StringComparison.Ordinal))
+            {
+                return messages;
+            }
+        }
     }
 
     private static async Task<Socket> ConnectAsync(QmpDaemon daemon)

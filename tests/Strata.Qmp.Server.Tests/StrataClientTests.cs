@@ -10,7 +10,6 @@ namespace Strata.Qmp.Server.Tests;
 /// implement yet:
 /// <list type="bullet">
 /// <item>Greeting_and_query_version — asserts that query-commands lists "transaction";</item>
-/// <item>Blockdev_create_runs_as_a_job_with_events — blockdev-create, query-jobs, job-dismiss;</item>
 /// <item>Transaction_with_blockdev_snapshot_sync — transaction, blockdev-snapshot-sync, block-dirty-bitmap-add;</item>
 /// <item>Drive_backup_completes_with_block_job_events — drive-backup, block-dirty-bitmap-add/remove, query-block-jobs;</item>
 /// <item>Schema_introspection — looks up blockdev-snapshot-sync and JOB_STATUS_CHANGE in the schema.</item>
@@ -26,6 +25,9 @@ public sealed class StrataClientTests
     {
         protected override DaemonCommand Daemon => Daemons.Strata;
     }
+
+    [Fact]
+    public Task Blockdev_create_runs_as_a_job_with_events() => _tests.Blockdev_create_runs_as_a_job_with_events();
 
     [Fact]
     public Task Oob_can_be_negotiated() => _tests.Oob_can_be_negotiated();

@@ -35,6 +35,16 @@ public static class StandardCommands
         t.Add(new("block-export-add", QmpTypes.BlockExportOptions, empty, ExportCommands.BlockExportAddAsync));
         t.Add(new("block-export-del", QmpTypes.BlockExportDelArgs, empty, ExportCommands.BlockExportDelAsync));
         t.Add(new("query-block-exports", empty, new QapiArray(QmpTypes.BlockExportInfo), ExportCommands.QueryBlockExportsAsync));
+
+        // jobs
+        t.Add(new("blockdev-create", JobTypes.BlockdevCreateArgs, empty, CreateCommands.BlockdevCreateAsync));
+        t.Add(new("query-jobs", empty, new QapiArray(JobTypes.JobInfo), JobCommands.QueryJobsAsync));
+        t.Add(new("job-pause", JobTypes.JobIdArgs("job-pause"), empty, JobCommands.JobPauseAsync));
+        t.Add(new("job-resume", JobTypes.JobIdArgs("job-resume"), empty, JobCommands.JobResumeAsync));
+        t.Add(new("job-cancel", JobTypes.JobIdArgs("job-cancel"), empty, JobCommands.JobCancelAsync));
+        t.Add(new("job-complete", JobTypes.JobIdArgs("job-complete"), empty, JobCommands.JobCompleteAsync));
+        t.Add(new("job-dismiss", JobTypes.JobIdArgs("job-dismiss"), empty, JobCommands.JobDismissAsync));
+        t.Add(new("job-finalize", JobTypes.JobIdArgs("job-finalize"), empty, JobCommands.JobFinalizeAsync));
         return t;
     }
 }

@@ -133,7 +133,8 @@ public static class QapiVisitor
                     }
                 }
 
-                throw Error($"Invalid parameter type for '{full}', expected: {alt.Name}");
+                // QEMU names only the member here, not its path (qobject_input_start_alternate).
+                throw Error($"Invalid parameter type for '{name ?? "null"}', expected: {alt.Name}");
         }
     }
 

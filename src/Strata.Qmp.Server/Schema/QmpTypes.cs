@@ -65,8 +65,8 @@ public static class QmpTypes
         Opt("size", Int), Opt("latency-ns", QapiBuiltin.UInt64), Opt("read-zeroes", Bool));
 
     /// <summary>BlockdevRef: a node name or inline options (the options are the graph's business).</summary>
-    private static readonly QapiAlternate BlockdevRef = new("BlockdevRef", Str, new QapiObject("BlockdevOptions"));
-    private static readonly QapiAlternate BlockdevRefOrNull = new("BlockdevRefOrNull", Str, new QapiObject("BlockdevOptions"), QapiBuiltin.Null);
+    private static readonly QapiAlternate BlockdevRef = new("BlockdevRef", new QapiObject("BlockdevOptions"), Str); // QEMU lists the definition first
+    private static readonly QapiAlternate BlockdevRefOrNull = new("BlockdevRefOrNull", new QapiObject("BlockdevOptions"), Str, QapiBuiltin.Null);
 
     private static readonly QapiObject BlockdevOptionsRaw = new("BlockdevOptionsRaw",
         Req("file", BlockdevRef), Opt("offset", Int), Opt("size", Int));

@@ -1,0 +1,126 @@
+namespace Strata.Block.Jobs;
+
+/// <summary>A job as query-jobs shows it.</summary>
+public sealed record JobSnapshot(string Id, string Type, JobStatus Status, long CurrentProgress, long TotalProgress, string? Error);
+
+/// <summary>
+/// Owns the jobs of a daemon (QEMU's global job list, as an object): unique ids with QEMU's rules and messages,
+/// lookup, query, and the lock and event sink the jobs share. Jobs leave it when dismissed.
+/// </summary>
+public sealed class JobRegistry
+{
+    private readonly List<Job> _jobs = []; // newest first, as QEMU's list
+
+    public JobRegistry(MainLoop mainLoop, JobEventSink? events = null)
+    {
+        MainLoop = mainLoop;
+        Events = events ?? new JobEventSink();
+    }
+
+    /// <summary>Guards every job's state: verbs, the runs' pause points and completion.</summary>
+    internal object Lock { get; } = new();
+
+    public MainLoop MainLoop { get; }
+
+    public JobEventSink Events { get; }
+
+    /// <summary>Every job, internal ones included, newest first.</summary>
+    public IReadOnlyList<Job> Jobs
+    {
+        get
+        {
+            lock (Lock)
+                return [.. _jobs];
+        }
+    }
+
+    /// <summary>The job with this id (internal jobs have none).</summary>
+    public Job? Find(string id)
+    {
+        lock (Lock)
+            return _jobs.Find(j => j.Id == id);
+    }
+
+    /// <summary>The job with this id, or QMP's "Job not found".</summary>
+    public Job Get(string id) => Find(id) ?? throw new BlockException("Job not found");
+
+    /// <summary>
+    /// job_create: checks the id, registers the job in status "created" (which raises its first event) and adds it
+    /// to <paramref name="transaction"/> or to a transaction of its own.
+    /// </summary>
+    /// <param name="internalJob">An internal job must have no id; any other must have a well-formed, unused one.</param>
+    public T Create<T>(T job, JobTransaction? transaction = null, bool internalJob = false) where T : Job
+    {
+        ArgumentNullException.ThrowIfNull(job);
+        lock (Lock)
+        {
+            if (job.Id is { } id)
+            {
+                if (internalJob)
+                    throw new BlockException("Cannot specify job ID for internal job");
+                if (!IsWellFormedId(id))
+                    throw new BlockException($"Invalid job ID '{id}'");
+                if (Find(id) is not null)
+                    throw new BlockException($"Job ID '{id}' already in use");
+            }
+            else if (!internalJob)
+                throw new BlockException("An explicit job ID is required");
+
+            job.Attach(this);
+            _jobs.Insert(0, job);
+            (transaction ?? new JobTransaction()).Add(job);
+            return job;
+        }
+    }
+
+    /// <summary>Starts a created job: its run begins on the caller's thread (see <see cref="Job"/>).</summary>
+    public void Start(Job job) => job.Start();
+
+    /// <summary>query-jobs: the jobs with ids, newest first.</summary>
+    public IReadOnlyList<JobSnapshot> Query()
+    {
+        lock (Lock)
+            return [.. _jobs.Where(j => !j.IsInternal).Select(j => new JobSnapshot(j.Id!, j.Type, j.Status, j.CurrentProgress, j.TotalProgress, j.Error))];
+    }
+
+    internal void Remove(Job job)
+    {
+        lock (Lock)
+            _jobs.Remove(job);
+    }
+
+    /// <summary>
+    /// Shutdown (job_cancel_sync_all): cancels every job and waits for the runs to end, up to
+    /// <paramref name="timeout"/>; the completions then run on the main loop.
+    /// </summary>
+    public async ValueTask CancelAllAsync(TimeSpan timeout)
+    {
+        var runs = new List<Task>();
+        foreach (var job in Jobs)
+        {
+            runs.Add(job.Run);
+            if (job.Status is not (JobStatus.Concluded or JobStatus.Null))
+                job.Cancel(force: true);
+        }
+
+        try
+        {
+            await Task.WhenAll(runs).WaitAsync(timeout).ConfigureAwait(false);
+        }
+        catch (TimeoutException)
+        {
+            // A run that ignores cancellation is left behind: shutdown must not hang on it.
+        }
+    }
+
+    /// <summary>QEMU's id_wellformed: a letter, then letters, digits, '-', '.', '_'.</summary>
+    public static bool IsWellFormedId(string id)
+    {
+        if (id.Length == 0 || !char.IsAsciiLetter(id[0]))
+            return false;
+        foreach (char c in id)
+            if (!char.IsAsciiLetterOrDigit(c) && c is not ('-' or '.' or '_'))
+                return false;
+        return true;
+    }
+}
