@@ -67,7 +67,8 @@ public static class SnapshotCommand
         if (forceShare && writable)
             throw Io.Fail($"Could not open '{pos[0]}': force-share=on can only be used with read-only images");
 
-        await using var img = await ImageOpen.OpenAsync(filename, fmt, writable: writable);
+        // qemu-img opens the image without its backing chain (BDRV_O_NO_BACKING): snapshots never read it.
+        await using var img = await ImageOpen.OpenAsync(filename, fmt, writable: writable, noBacking: true, forceShare: forceShare);
         var q = img as Qcow2Image;
         switch (action)
         {
