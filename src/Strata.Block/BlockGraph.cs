@@ -12,6 +12,8 @@ namespace Strata.Block;
 public sealed class BlockGraph : IAsyncDisposable
 {
     private readonly List<BlockNode> _nodes = []; // in order of creation
+    private readonly Dictionary<BlockNode, int> _batchOf = new(ReferenceEqualityComparer.Instance);
+    private int _batch;
     private int _autoNameCounter;
 
     /// <summary>Nodes in creation order (children before the parents that were opened with them).</summary>
@@ -33,6 +35,7 @@ public sealed class BlockGraph : IAsyncDisposable
     public async ValueTask<BlockNode> AddAsync(JsonObject options, bool keyval = false, CancellationToken ct = default)
     {
         var opened = new List<BlockNode>();
+        _batch++;
         try
         {
             return await OpenAsync(new BlockOptions(options, "", keyval), root: true, opened, ct).ConfigureAwait(false);
@@ -157,6 +160,7 @@ public sealed class BlockGraph : IAsyncDisposable
         if (driver is "file" or "null-co")
             o.EnsureAllRead();
         _nodes.Add(node);
+        _batchOf[node] = _batch;
         opened.Add(node);
         return node;
     }
@@ -227,6 +231,46 @@ public sealed class BlockGraph : IAsyncDisposable
         }
     }
 
+    // ---- for live snapshots (Snapshots/) -------------------------------------------------------------
+
+    /// <summary>
+    /// Opens a node the way QEMU's bdrv_open does for a snapshot overlay: no node-name needed (auto-named then), the
+    /// flags of <paramref name="inherited"/> (read-only, cache), not owned by the monitor. Nothing stays open on failure.
+    /// </summary>
+    internal async ValueTask<BlockNode> OpenUnownedAsync(JsonObject options, BlockNodeSettings inherited, CancellationToken ct)
+    {
+        var opened = new List<BlockNode>();
+        _batch++;
+        try
+        {
+            return await OpenAsync(new BlockOptions(options), root: false, opened, ct, inherited).ConfigureAwait(false);
+        }
+        catch
+        {
+            for (int i = opened.Count - 1; i >= 0; i--)
+                await RemoveNodeAsync(opened[i]).ConfigureAwait(false);
+            throw;
+        }
+    }
+
+    /// <summary>Closes a node nobody uses any more (and its auto-named children), as QEMU's last bdrv_unref does.</summary>
+    internal ValueTask RemoveUnusedAsync(BlockNode node) => RemoveNodeAsync(node);
+
+    /// <summary>True when both nodes were opened by the same blockdev-add (or overlay open): QEMU names them together.</summary>
+    public bool OpenedTogether(BlockNode a, BlockNode b) =>
+        _batchOf.TryGetValue(a, out int x) && _batchOf.TryGetValue(b, out int y) && x == y;
+
+    /// <summary>Every backend (export, job) that uses a node of the graph.</summary>
+    public IReadOnlyList<BlockBackend> Backends()
+    {
+        var list = new List<BlockBackend>();
+        foreach (var n in _nodes)
+            foreach (var e in n.Parents)
+                if (e.Parent is BlockBackend b && !list.Contains(b))
+                    list.Add(b);
+        return list;
+    }
+
     private string NextAutoName() => $"#block{_autoNameCounter++:D3}";
 
     /// <summary>QEMU's rule: letters, digits, '-', '.', '_', starting with a letter, at most 31 characters.</summary>
@@ -268,6 +312,7 @@ public sealed class BlockGraph : IAsyncDisposable
         finally
         {
             _nodes.Remove(node);
+            _batchOf.Remove(node);
         }
         foreach (var e in children)
             if (e.Child.IsAutoNamed && e.Child.Parents.Count == 0)

@@ -39,7 +39,7 @@ public abstract class BlockNode : IImage, IBlockParent
 
     public string NodeName { get; }
     public string Driver { get; }
-    public BlockNodeSettings Settings { get; }
+    public BlockNodeSettings Settings { get; private set; }
     /// <summary>Created implicitly (a child given inline or a backing file from a header): named "#blockNNN", not owned by the monitor.</summary>
     public bool IsAutoNamed { get; }
     public string Description => $"node '{NodeName}'";
@@ -113,6 +113,23 @@ public abstract class BlockNode : IImage, IBlockParent
         _parents.Remove(edge);
         if (edge.Parent is BlockNode p)
             p._children.Remove(edge);
+    }
+
+    /// <summary>
+    /// QEMU's bdrv_reopen_set_read_only(true) after an external snapshot: the node (and its file child) take no more
+    /// writes, and drop the write and resize permissions on the file. Call drained and flushed.
+    /// </summary>
+    internal void ReopenReadOnly()
+    {
+        Settings = Settings with { ReadOnly = true };
+        foreach (var e in _children)
+        {
+            if (e.Role != "file")
+                continue;
+            e.Permissions &= ~(BlockPermissions.Write | BlockPermissions.Resize);
+            if (e.Child.Parents.Count == 1)
+                e.Child.Settings = e.Child.Settings with { ReadOnly = true };
+        }
     }
 
     /// <summary>Closes the driver; the graph detaches children first.</summary>

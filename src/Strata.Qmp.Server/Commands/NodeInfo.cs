@@ -48,7 +48,8 @@ internal static class NodeInfo
         foreach (var n in nodes)
         {
             // A node opened together with a later parent (an inline child or a backing file) is named through it.
-            bool openedWithParent = n.Parents.Any(p => p.Parent is BlockNode parent && index.TryGetValue(parent, out var pi) && pi > index[n]);
+            bool openedWithParent = n.Parents.Any(p => p.Parent is BlockNode parent && index.TryGetValue(parent, out var pi) && pi > index[n]
+                && graph.OpenedTogether(parent, n));
             if (!openedWithParent)
             {
                 Emit(n);
@@ -78,7 +79,8 @@ internal static class NodeInfo
             NodeName = node.NodeName,
             ReadOnly = node.IsReadOnly,
             Driver = node.Driver,
-            BackingFile = node is Qcow2Node q ? q.Image.Header.BackingFileName : null,
+            // QEMU replaces the header's name by the backing node's file name once the backing is attached.
+            BackingFile = node is Qcow2Node q ? node.BackingChild?.FileName ?? q.Image.Header.BackingFileName : null,
             BackingFileDepth = depth,
             Encrypted = false,
             DetectZeroes = node.Settings.DetectZeroes switch
