@@ -13,6 +13,7 @@ public sealed class BlockGraph : IAsyncDisposable
 {
     private readonly List<BlockNode> _nodes = []; // in order of creation
     private readonly Dictionary<BlockNode, int> _batchOf = new(ReferenceEqualityComparer.Instance);
+    private readonly HashSet<BlockNode> _headerBacking = new(ReferenceEqualityComparer.Instance); // backing opened from the header
     private int _batch;
     private int _autoNameCounter;
 
@@ -139,7 +140,11 @@ public sealed class BlockGraph : IAsyncDisposable
                     o.EnsureAllRead();
                     BlockNode? backing = null;
                     if (!hasBacking)
+                    {
                         backing = await OpenBackingFromHeaderAsync(qcow, settings, opened, ct).ConfigureAwait(false);
+                        if (backing != null)
+                            _headerBacking.Add(qcow);
+                    }
                     else if (backingOption != null)
                         backing = await ChildAsync(o, "backing", settings with { ReadOnly = true }, opened, ct, backingOption).ConfigureAwait(false);
                     if (backing != null)
@@ -260,6 +265,12 @@ public sealed class BlockGraph : IAsyncDisposable
     public bool OpenedTogether(BlockNode a, BlockNode b) =>
         _batchOf.TryGetValue(a, out int x) && _batchOf.TryGetValue(b, out int y) && x == y;
 
+    /// <summary>
+    /// True when the node's backing child is the one its header names, opened with it (QEMU's "implicit" backing, whose
+    /// file name the node then records as its own idea of the backing file).
+    /// </summary>
+    public bool HasBackingFromHeader(BlockNode node) => _headerBacking.Contains(node);
+
     /// <summary>Every backend (export, job) that uses a node of the graph.</summary>
     public IReadOnlyList<BlockBackend> Backends()
     {
@@ -290,6 +301,10 @@ public sealed class BlockGraph : IAsyncDisposable
         foreach (var p in node.Parents)
             if (p.Parent is not BlockNode)
                 throw new BlockException($"Node {nodeName} is in use");
+        // QEMU's op blocker: a node that is another node's backing image cannot be deleted.
+        foreach (var p in node.Parents)
+            if (p.Role == "backing" && p.Parent is BlockNode parent)
+                throw new BlockException($"Node '{nodeName}' is busy: node is used as backing hd of '{parent.NodeName}'");
         if (node.IsAutoNamed)
             throw new BlockException($"Node {nodeName} is not owned by the monitor");
         if (node.Parents.Count > 0)
@@ -313,6 +328,7 @@ public sealed class BlockGraph : IAsyncDisposable
         {
             _nodes.Remove(node);
             _batchOf.Remove(node);
+            _headerBacking.Remove(node);
         }
         foreach (var e in children)
             if (e.Child.IsAutoNamed && e.Child.Parents.Count == 0)

@@ -81,11 +81,12 @@ public sealed class ExternalSnapshotAction : ITransactionAction
 
         if (r.Mode != NewImageMode.Existing)
         {
-            CheckNotOpen(graph, r.SnapshotFile, writable: true);
-            bool existed = File.Exists(r.SnapshotFile);
             string backingName = r.Mode == NewImageMode.RelativePaths
                 ? OverlayFile.RelativeBackingName(r.SnapshotFile, top.FileName)
-                : top.FileName;
+                : NodeFilename.Of(top, graph);
+            OverlayFile.Validate(r.SnapshotFile, format, backingName);
+            CheckNotOpen(graph, r.SnapshotFile, writable: true);
+            bool existed = File.Exists(r.SnapshotFile);
             // Registered first so that it is undone last, after the overlay is closed.
             tx.Register(abort: () =>
             {

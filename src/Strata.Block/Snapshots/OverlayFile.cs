@@ -20,18 +20,25 @@ internal static class OverlayFile
 
     public static bool IsKnownFormat(string format) => Array.IndexOf(Formats, format) >= 0;
 
+    /// <summary>bdrv_img_create's checks before it touches the file, in its order and words.</summary>
+    public static void Validate(string path, string format, string backingName)
+    {
+        if (!IsKnownFormat(format))
+            throw new BlockException($"Unknown file format '{format}'");
+        if (Array.IndexOf(WithBacking, format) < 0)
+            throw new BlockException($"Backing file not supported for file format '{format}'");
+        if (path == backingName)
+            throw new BlockException("Error: Trying to create an image with the same filename as the backing file");
+        if (format != "qcow2")
+            throw new BlockException($"strata-daemon cannot create '{format}' overlays (only qcow2)");
+    }
+
     /// <summary>
     /// Writes a fresh qcow2 of <paramref name="size"/> bytes (rounded up to a sector) at <paramref name="path"/> with the
     /// given backing name and format, truncating an existing file as qemu-img does.
     /// </summary>
     public static async ValueTask CreateAsync(string path, string format, string backingName, string backingFormat, long size, CancellationToken ct)
     {
-        if (!IsKnownFormat(format))
-            throw new BlockException($"Unknown file format '{format}'");
-        if (Array.IndexOf(WithBacking, format) < 0)
-            throw new BlockException($"Backing file not supported for file format '{format}'");
-        if (format != "qcow2")
-            throw new BlockException($"strata-daemon cannot create '{format}' overlays (only qcow2)");
         FileStorage storage;
         try
         {

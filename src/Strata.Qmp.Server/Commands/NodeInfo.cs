@@ -1,6 +1,7 @@
 using System.Text.Json;
 using Strata.Block;
 using Strata.Block.Drivers;
+using Strata.Block.Snapshots;
 using Strata.Images.Format;
 
 namespace Strata.Qmp.Server.Commands;
@@ -64,9 +65,9 @@ internal static class NodeInfo
         return order;
     }
 
-    public static BlockDeviceInfo DeviceInfo(BlockNode node, bool flat)
+    public static BlockDeviceInfo DeviceInfo(BlockGraph graph, BlockNode node, bool flat)
     {
-        var image = Image(node, flat);
+        var image = Image(graph, node, flat);
         int depth = 0;
         for (var i = image.BackingImage; i is not null; i = i.BackingImage)
         {
@@ -75,12 +76,14 @@ internal static class NodeInfo
 
         return new BlockDeviceInfo
         {
-            File = node.FileName,
+            File = NodeFilename.Of(node, graph),
             NodeName = node.NodeName,
             ReadOnly = node.IsReadOnly,
             Driver = node.Driver,
             // QEMU replaces the header's name by the backing node's file name once the backing is attached.
-            BackingFile = node is Qcow2Node q ? node.BackingChild?.FileName ?? q.Image.Header.BackingFileName : null,
+            BackingFile = node is Qcow2Node q
+                ? node.BackingChild is { } backing ? NodeFilename.Of(backing, graph) : q.Image.Header.BackingFileName
+                : null,
             BackingFileDepth = depth,
             Encrypted = false,
             DetectZeroes = node.Settings.DetectZeroes switch
@@ -96,12 +99,12 @@ internal static class NodeInfo
     }
 
     /// <summary>ImageInfo (bdrv_query_image_info): with the backing chain's images unless <paramref name="flat"/>.</summary>
-    public static ImageInfo Image(BlockNode node, bool flat)
+    public static ImageInfo Image(BlockGraph graph, BlockNode node, bool flat)
     {
         long actual = node.Storage.AllocatedBytes;
         var info = new ImageInfo
         {
-            Filename = node.FileName,
+            Filename = NodeFilename.Of(node, graph),
             Format = node.Driver,
             VirtualSize = (node.Size + 511) / 512 * 512, // bdrv_getlength counts whole sectors
             ActualSize = actual >= 0 ? actual : null,
@@ -130,7 +133,7 @@ internal static class NodeInfo
                         RefcountBits = h.RefcountBits,
                         CompressionType = Compression(h),
                     }),
-                BackingImage = !flat && node.BackingChild is { } b ? Image(b, flat) : null,
+                BackingImage = !flat && node.BackingChild is { } b ? Image(graph, b, flat) : null,
             };
         }
 
