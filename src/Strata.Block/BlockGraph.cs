@@ -13,6 +13,7 @@ public sealed class BlockGraph : IAsyncDisposable
 {
     private readonly List<BlockNode> _nodes = []; // in order of creation
     private readonly Dictionary<BlockNode, int> _batchOf = new(ReferenceEqualityComparer.Instance);
+    private readonly HashSet<BlockNode> _unowned = new(ReferenceEqualityComparer.Instance); // named, but not the monitor's (overlays)
     private readonly HashSet<BlockNode> _headerBacking = new(ReferenceEqualityComparer.Instance); // backing opened from the header
     private int _batch;
     private int _autoNameCounter;
@@ -248,7 +249,9 @@ public sealed class BlockGraph : IAsyncDisposable
         _batch++;
         try
         {
-            return await OpenAsync(new BlockOptions(options), root: false, opened, ct, inherited).ConfigureAwait(false);
+            var node = await OpenAsync(new BlockOptions(options), root: false, opened, ct, inherited).ConfigureAwait(false);
+            _unowned.Add(node);
+            return node;
         }
         catch
         {
@@ -260,6 +263,19 @@ public sealed class BlockGraph : IAsyncDisposable
 
     /// <summary>Closes a node nobody uses any more (and its auto-named children), as QEMU's last bdrv_unref does.</summary>
     internal ValueTask RemoveUnusedAsync(BlockNode node) => RemoveNodeAsync(node);
+
+    /// <summary>Created by blockdev-add (or --blockdev) with a node-name: only blockdev-del closes it.</summary>
+    public bool IsOwned(BlockNode node) => !node.IsAutoNamed && !_unowned.Contains(node);
+
+    /// <summary>
+    /// After a user (an export, a job) let go of <paramref name="node"/>: a node the monitor does not own and nobody
+    /// uses any more is closed, with what only it used (QEMU frees it with its last reference).
+    /// </summary>
+    public async ValueTask ReleaseIfUnusedAsync(BlockNode node)
+    {
+        if (!IsOwned(node) && node.Parents.Count == 0)
+            await RemoveNodeAsync(node).ConfigureAwait(false);
+    }
 
     /// <summary>True when both nodes were opened by the same blockdev-add (or overlay open): QEMU names them together.</summary>
     public bool OpenedTogether(BlockNode a, BlockNode b) =>
@@ -305,7 +321,7 @@ public sealed class BlockGraph : IAsyncDisposable
         foreach (var p in node.Parents)
             if (p.Role == "backing" && p.Parent is BlockNode parent)
                 throw new BlockException($"Node '{nodeName}' is busy: node is used as backing hd of '{parent.NodeName}'");
-        if (node.IsAutoNamed)
+        if (!IsOwned(node))
             throw new BlockException($"Node {nodeName} is not owned by the monitor");
         if (node.Parents.Count > 0)
             throw new BlockException($"Block device {nodeName} is in use");
@@ -329,9 +345,10 @@ public sealed class BlockGraph : IAsyncDisposable
             _nodes.Remove(node);
             _batchOf.Remove(node);
             _headerBacking.Remove(node);
+            _unowned.Remove(node);
         }
         foreach (var e in children)
-            if (e.Child.IsAutoNamed && e.Child.Parents.Count == 0)
+            if (!IsOwned(e.Child) && e.Child.Parents.Count == 0)
                 await RemoveNodeAsync(e.Child).ConfigureAwait(false);
     }
 

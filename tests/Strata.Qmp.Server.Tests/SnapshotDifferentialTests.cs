@@ -10,7 +10,7 @@ namespace Strata.Qmp.Server.Tests;
 /// leaves behind after a failed transaction (listed per scenario: Strata removes the files it created), and every
 /// file must have the same qemu-img info --backing-chain and the same guest-visible contents.
 /// </summary>
-public sealed partial class SnapshotDifferentialTests
+public static partial class SnapshotSuite
 {
     private const string Caps = """{"execute":"qmp_capabilities"}""";
     private const string NbdStart = """{"execute":"nbd-server-start","arguments":{"addr":{"type":"unix","data":{"path":"$D/nbd.sock"}}}}""";
@@ -19,7 +19,7 @@ public sealed partial class SnapshotDifferentialTests
     private const string Exports = """{"execute":"query-block-exports"}""";
     private const string PermWhy = "backing edges: Strata does not share resize (qsd does); the nodes and edges must still match";
 
-    private static Step E(string line) => new(line, Match.Exact);
+    internal static Step E(string line) => new(line, Match.Exact);
 
     private static Step Graph() => new("""{"execute":"x-debug-query-block-graph"}""", Match.Shape, PermWhy);
 
@@ -43,16 +43,9 @@ public sealed partial class SnapshotDifferentialTests
 
     private static IEnumerable<Step> Queries() => [E(Nodes), E(FlatNodes), E(Exports), Graph()];
 
-    public static TheoryData<string> Names => new(Scenarios.Keys);
-
-    [Fact]
-    public void The_suite_has_at_least_40_scenarios() => Assert.True(Scenarios.Count >= 40, $"{Scenarios.Count} scenarios");
-
-    [Theory]
-    [MemberData(nameof(Names))]
-    public async Task Snapshots_behave_as_in_qemu_storage_daemon(string name)
+    /// <summary>Runs one scenario on both daemons and fails with every difference found.</summary>
+    public static async Task RunAsync(SnapshotScenario scenario)
     {
-        var scenario = Scenarios[name];
         var starting = new[] { ScriptedDaemon.StartAsync(Daemons.Qsd), ScriptedDaemon.StartAsync(Daemons.Strata) };
         await Task.WhenAll(starting.Select(t => t.ContinueWith(_ => { }, TaskScheduler.Default)));
         await using var qsd = await starting[0];
@@ -146,4 +139,29 @@ public sealed partial class SnapshotDifferentialTests
             }
         }
     }
+}
+
+/// <summary>The hand-written scenarios (each mode, argument and check); a class of its own so that it runs beside the generated ones.</summary>
+public sealed class SnapshotDifferentialTests
+{
+    public static TheoryData<string> Names => new(SnapshotSuite.HandWritten.Keys);
+
+    [Fact]
+    public void The_suites_have_at_least_40_scenarios() =>
+        Assert.True(SnapshotSuite.HandWritten.Count + SnapshotSuite.Generated.Count >= 40,
+            $"{SnapshotSuite.HandWritten.Count} + {SnapshotSuite.Generated.Count} scenarios");
+
+    [Theory]
+    [MemberData(nameof(Names))]
+    public Task Snapshots_behave_as_in_qemu_storage_daemon(string name) => SnapshotSuite.RunAsync(SnapshotSuite.HandWritten[name]);
+}
+
+/// <summary>The generated transactions: n actions failing at every position in turn.</summary>
+public sealed class TransactionDifferentialTests
+{
+    public static TheoryData<string> Names => new(SnapshotSuite.Generated.Keys);
+
+    [Theory]
+    [MemberData(nameof(Names))]
+    public Task Transactions_are_all_or_nothing_as_in_qemu_storage_daemon(string name) => SnapshotSuite.RunAsync(SnapshotSuite.Generated[name]);
 }

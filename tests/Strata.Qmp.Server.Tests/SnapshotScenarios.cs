@@ -1,13 +1,15 @@
 namespace Strata.Qmp.Server.Tests;
 
 /// <summary>The scenarios: hand-written ones for each mode, argument and check, then generated transactions.</summary>
-public sealed partial class SnapshotDifferentialTests
+public static partial class SnapshotSuite
 {
     private static SnapshotScenario Sc(IEnumerable<Step> steps, params string[] leftBehind) => new(steps.ToArray(), leftBehind);
 
-    private static readonly Dictionary<string, SnapshotScenario> Scenarios = Build();
+    public static Dictionary<string, SnapshotScenario> HandWritten { get; } = BuildHandWritten();
 
-    private static Dictionary<string, SnapshotScenario> Build()
+    public static Dictionary<string, SnapshotScenario> Generated { get; } = BuildGenerated();
+
+    private static Dictionary<string, SnapshotScenario> BuildHandWritten()
     {
         var s = new Dictionary<string, SnapshotScenario>
         {
@@ -198,6 +200,55 @@ public sealed partial class SnapshotDifferentialTests
             ]),
         };
 
+        s["existing mode with a relative pre-created overlay in a subdirectory, then a snapshot of it"] = Sc([
+            .. Exported(),
+            E("mkdir sub"),
+            E("img create -q -f qcow2 -b ../b.qcow2 -F qcow2 sub/pre.qcow2"),
+            E("io d0 write -P 4 0 64k"),
+            E(Sync("""{"node-name":"d0","snapshot-file":"sub/pre.qcow2","snapshot-node-name":"s1","mode":"existing"}""")),
+            E("io d0 write -P 5 4k 4k"),
+            .. Queries(),
+            E(Sync("""{"node-name":"s1","snapshot-file":"$D/s2.qcow2","snapshot-node-name":"s2"}""")),
+            E("io d0 write -P 6 8k 4k"),
+            E("io d0 read -P 4 0 4k"), E("io d0 read -P 5 4k 4k"), E("io d0 read -P 6 8k 4k"),
+            .. Queries(),
+        ]);
+        s["sync of a raw node"] = Sc([
+            E(Caps), E(NbdStart),
+            E("""{"execute":"blockdev-add","arguments":{"driver":"raw","node-name":"r0","file":{"driver":"file","filename":"$D/r.raw"}}}"""),
+            E(Export("e0", "r0")),
+            E("io r0 write -P 1 0 512k"),
+            E(Sync("""{"node-name":"r0","snapshot-file":"$D/s1.qcow2","snapshot-node-name":"s1"}""")),
+            E("io r0 write -P 2 0 4k"),
+            E("io r0 read -P 1 4k 508k"),
+            .. Queries(),
+        ]);
+        s["blockdev-snapshot of an overlay opened with backing null over a header that names one"] = Sc([
+            E(Caps), E(NbdStart), E(Add("d1", "$D/c.qcow2")), E(Export("e1", "d1")),
+            E("img create -q -f qcow2 -b a.qcow2 -F qcow2 ov.qcow2"),
+            E(Add("ov", "$D/ov.qcow2", ""","backing":null""")),
+            E(FlatNodes),
+            E("""{"execute":"blockdev-snapshot","arguments":{"node":"d1","overlay":"ov"}}"""),
+            E("io d1 write -P 1 0 4k"),
+            .. Queries(),
+        ]);
+        s["deleting nodes and exports after a snapshot"] = Sc([
+            .. Exported(),
+            E(Sync("""{"node-name":"d0","snapshot-file":"$D/s1.qcow2","snapshot-node-name":"s1"}""")),
+            E("""{"execute":"blockdev-del","arguments":{"node-name":"s1"}}"""),
+            E("""{"execute":"blockdev-del","arguments":{"node-name":"d0"}}"""),
+            E("""{"execute":"block-export-del","arguments":{"id":"e0"}}"""),
+            E(FlatNodes),
+            E("""{"execute":"blockdev-del","arguments":{"node-name":"s1"}}"""),
+            E("""{"execute":"blockdev-del","arguments":{"node-name":"d0"}}"""),
+            E(FlatNodes),
+        ]);
+        return s;
+    }
+
+    private static Dictionary<string, SnapshotScenario> BuildGenerated()
+    {
+        var s = new Dictionary<string, SnapshotScenario>();
         // Transactions of n actions, each snapshotting its own exported disk, failing at every position in turn; then
         // the same transaction without the fault. qsd leaves the overlays of the actions before the fault.
         (string Kind, Func<int, int, string?> Bad, bool LeavesFiles)[] faults =
@@ -209,7 +260,7 @@ public sealed partial class SnapshotDifferentialTests
             ("unknown format", (p, i) => SyncAct($$"""{"node-name":"x{{i}}","snapshot-file":"$D/t{{p}}_{{i}}.qcow2","snapshot-node-name":"t{{p}}_{{i}}","format":"bogus"}"""), true),
             ("busy node", (p, i) => p == 0 ? """{"type":"abort","data":{}}""" : SyncAct($$"""{"node-name":"x0","snapshot-file":"$D/t{{p}}_{{i}}.qcow2","snapshot-node-name":"t{{p}}_{{i}}"}"""), true),
         ];
-        foreach (int n in new[] { 1, 2, 4, 8 })
+        foreach (int n in new[] { 1, 2, 4 })
         {
             foreach (var f in faults)
             {
@@ -222,9 +273,10 @@ public sealed partial class SnapshotDifferentialTests
             }
         }
 
-        s["transaction of 32 failing at each position: missing node"] = Transactions(32, faults[0].Bad);
-        s["transaction of 32 failing at each position: busy node"] = Transactions(32, faults[5].Bad);
+        s["transaction of 8 failing at each position: abort action"] = Transactions(8, faults[1].Bad);
+        s["transaction of 8 failing at each position: busy node"] = Transactions(8, faults[5].Bad);
         s["transaction of 16 failing at each position: missing existing file"] = Transactions(16, faults[2].Bad);
+        s["transaction of 32 failing at each position: missing node"] = Transactions(32, faults[0].Bad);
         return s;
     }
 

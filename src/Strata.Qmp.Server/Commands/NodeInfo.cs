@@ -81,9 +81,8 @@ internal static class NodeInfo
             ReadOnly = node.IsReadOnly,
             Driver = node.Driver,
             // QEMU replaces the header's name by the backing node's file name once the backing is attached.
-            BackingFile = node is Qcow2Node q
-                ? node.BackingChild is { } backing ? NodeFilename.Of(backing, graph) : q.Image.Header.BackingFileName
-                : null,
+            // QEMU's backing_file is the backing node's name once attached; with backing: null there is none.
+            BackingFile = node.BackingChild is { } backing ? NodeFilename.Of(backing, graph) : null,
             BackingFileDepth = depth,
             Encrypted = false,
             DetectZeroes = node.Settings.DetectZeroes switch
@@ -120,7 +119,9 @@ internal static class NodeInfo
                 DirtyFlag = h.IsDirty,
                 ClusterSize = h.ClusterSize,
                 BackingFilename = backing,
-                FullBackingFilename = backing is null ? null : ImageOpener.ResolveBackingPath(node.FileName, backing),
+                FullBackingFilename = backing is null ? null
+                    : backing.StartsWith("json:", StringComparison.Ordinal) ? backing // QEMU takes a json: name as it is
+                    : ImageOpener.ResolveBackingPath(node.FileName, backing),
                 BackingFilenameFormat = backing is null ? null : h.BackingFormat,
                 FormatSpecific = ImageInfoSpecific.Qcow2(h.Version == 2
                     ? new ImageInfoSpecificQCow2 { Compat = "0.10", RefcountBits = h.RefcountBits, CompressionType = Compression(h) }
