@@ -12,6 +12,10 @@ namespace Strata.Block;
 public sealed class BlockGraph : IAsyncDisposable
 {
     private readonly List<BlockNode> _nodes = []; // in order of creation
+    private readonly Dictionary<BlockNode, int> _batchOf = new(ReferenceEqualityComparer.Instance);
+    private readonly HashSet<BlockNode> _unowned = new(ReferenceEqualityComparer.Instance); // named, but not the monitor's (overlays)
+    private readonly HashSet<BlockNode> _headerBacking = new(ReferenceEqualityComparer.Instance); // backing opened from the header
+    private int _batch;
     private int _autoNameCounter;
     private long _namingCounter;
 
@@ -34,6 +38,7 @@ public sealed class BlockGraph : IAsyncDisposable
     public async ValueTask<BlockNode> AddAsync(JsonObject options, bool keyval = false, CancellationToken ct = default)
     {
         var opened = new List<BlockNode>();
+        _batch++;
         try
         {
             return await OpenAsync(new BlockOptions(options, "", keyval), root: true, opened, ct).ConfigureAwait(false);
@@ -142,7 +147,11 @@ public sealed class BlockGraph : IAsyncDisposable
                     o.EnsureAllRead();
                     BlockNode? backing = null;
                     if (!hasBacking)
+                    {
                         backing = await OpenBackingFromHeaderAsync(qcow, settings, opened, ct).ConfigureAwait(false);
+                        if (backing != null)
+                            _headerBacking.Add(qcow);
+                    }
                     else if (backingOption != null)
                         backing = await BackingChildAsync(o, settings, opened, backingOption, ct).ConfigureAwait(false);
                     if (backing != null)
@@ -163,6 +172,7 @@ public sealed class BlockGraph : IAsyncDisposable
         if (driver is "file" or "null-co")
             o.EnsureAllRead();
         _nodes.Add(node);
+        _batchOf[node] = _batch;
         opened.Add(node);
         return node;
     }
@@ -234,6 +244,67 @@ public sealed class BlockGraph : IAsyncDisposable
         }
     }
 
+    // ---- for live snapshots (Snapshots/) -------------------------------------------------------------
+
+    /// <summary>
+    /// Opens a node the way QEMU's bdrv_open does for a snapshot overlay: no node-name needed (auto-named then), the
+    /// flags of <paramref name="inherited"/> (read-only, cache), not owned by the monitor. Nothing stays open on failure.
+    /// </summary>
+    internal async ValueTask<BlockNode> OpenUnownedAsync(JsonObject options, BlockNodeSettings inherited, CancellationToken ct)
+    {
+        var opened = new List<BlockNode>();
+        _batch++;
+        try
+        {
+            var node = await OpenAsync(new BlockOptions(options), root: false, opened, ct, inherited).ConfigureAwait(false);
+            _unowned.Add(node);
+            return node;
+        }
+        catch
+        {
+            for (int i = opened.Count - 1; i >= 0; i--)
+                await RemoveNodeAsync(opened[i]).ConfigureAwait(false);
+            throw;
+        }
+    }
+
+    /// <summary>Closes a node nobody uses any more (and its auto-named children), as QEMU's last bdrv_unref does.</summary>
+    internal ValueTask RemoveUnusedAsync(BlockNode node) => RemoveNodeAsync(node);
+
+    /// <summary>Created by blockdev-add (or --blockdev) with a node-name: only blockdev-del closes it.</summary>
+    public bool IsOwned(BlockNode node) => !node.IsAutoNamed && !_unowned.Contains(node);
+
+    /// <summary>
+    /// After a user (an export, a job) let go of <paramref name="node"/>: a node the monitor does not own and nobody
+    /// uses any more is closed, with what only it used (QEMU frees it with its last reference).
+    /// </summary>
+    public async ValueTask ReleaseIfUnusedAsync(BlockNode node)
+    {
+        if (!IsOwned(node) && node.Parents.Count == 0)
+            await RemoveNodeAsync(node).ConfigureAwait(false);
+    }
+
+    /// <summary>True when both nodes were opened by the same blockdev-add (or overlay open): QEMU names them together.</summary>
+    public bool OpenedTogether(BlockNode a, BlockNode b) =>
+        _batchOf.TryGetValue(a, out int x) && _batchOf.TryGetValue(b, out int y) && x == y;
+
+    /// <summary>
+    /// True when the node's backing child is the one its header names, opened with it (QEMU's "implicit" backing, whose
+    /// file name the node then records as its own idea of the backing file).
+    /// </summary>
+    public bool HasBackingFromHeader(BlockNode node) => _headerBacking.Contains(node);
+
+    /// <summary>Every backend (export, job) that uses a node of the graph.</summary>
+    public IReadOnlyList<BlockBackend> Backends()
+    {
+        var list = new List<BlockBackend>();
+        foreach (var n in _nodes)
+            foreach (var e in n.Parents)
+                if (e.Parent is BlockBackend b && !list.Contains(b))
+                    list.Add(b);
+        return list;
+    }
+
     private string NextAutoName() => $"#block{_autoNameCounter++:D3}";
 
     /// <summary>QEMU's rule: letters, digits, '-', '.', '_', starting with a letter, at most 31 characters.</summary>
@@ -253,7 +324,11 @@ public sealed class BlockGraph : IAsyncDisposable
         foreach (var p in node.Parents)
             if (p.Parent is not BlockNode)
                 throw new BlockException($"Node {nodeName} is in use");
-        if (node.IsAutoNamed)
+        // QEMU's op blocker: a node that is another node's backing image cannot be deleted.
+        foreach (var p in node.Parents)
+            if (p.Role == "backing" && p.Parent is BlockNode parent)
+                throw new BlockException($"Node '{nodeName}' is busy: node is used as backing hd of '{parent.NodeName}'");
+        if (!IsOwned(node))
             throw new BlockException($"Node {nodeName} is not owned by the monitor");
         if (node.Parents.Count > 0)
             throw new BlockException($"Block device {nodeName} is in use");
@@ -275,9 +350,12 @@ public sealed class BlockGraph : IAsyncDisposable
         finally
         {
             _nodes.Remove(node);
+            _batchOf.Remove(node);
+            _headerBacking.Remove(node);
+            _unowned.Remove(node);
         }
         foreach (var e in children)
-            if (e.Child.IsAutoNamed && e.Child.Parents.Count == 0)
+            if (!IsOwned(e.Child) && e.Child.Parents.Count == 0)
                 await RemoveNodeAsync(e.Child).ConfigureAwait(false);
     }
 

@@ -39,7 +39,7 @@ public abstract class BlockNode : IImage, IBlockParent
 
     public string NodeName { get; }
     public string Driver { get; }
-    public BlockNodeSettings Settings { get; }
+    public BlockNodeSettings Settings { get; private set; }
     /// <summary>Created implicitly (a child given inline or a backing file from a header): named "#blockNNN", not owned by the monitor.</summary>
     public bool IsAutoNamed { get; }
     public string Description => $"node '{NodeName}'";
@@ -274,6 +274,28 @@ public abstract class BlockNode : IImage, IBlockParent
             $"{Uses(requiredBy, requiredRole)} and unshared by {Uses(unsharedBy, unsharedRole)}.");
 
     private string Uses(IBlockParent parent, string role) => $"{parent.Description} (uses node '{NodeName}' as '{role}' child)";
+
+    /// <summary>
+    /// QEMU's bdrv_reopen_set_read_only(true) after an external snapshot: the node (and its file child, when nothing
+    /// else uses it) take no more writes; the refreshed permissions drop write and resize on the file, and its locks
+    /// follow. Call drained and flushed. Permissions only shrink, so like QEMU a lock that cannot be dropped is ignored.
+    /// </summary>
+    internal void ReopenReadOnly()
+    {
+        Settings = Settings with { ReadOnly = true };
+        foreach (var e in _children)
+        {
+            if (e.Role == "file" && e.Child.Parents.Count == 1)
+                e.Child.Settings = e.Child.Settings with { ReadOnly = true };
+        }
+        try
+        {
+            RefreshPermissions();
+        }
+        catch (BlockException)
+        {
+        }
+    }
 
     /// <summary>Closes the driver; the graph detaches children first.</summary>
     public abstract ValueTask CloseAsync();

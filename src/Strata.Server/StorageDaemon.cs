@@ -160,7 +160,9 @@ public sealed class StorageDaemon : IAsyncDisposable
         if (_nbd != null)
             await _nbd.RemoveExportAsync(export.Nbd.Name, hard ? NbdExportRemoveMode.Hard : NbdExportRemoveMode.Safe, ct).ConfigureAwait(false);
         await export.Backend.FlushAsync(ct).ConfigureAwait(false);
+        var root = export.Backend.Root;
         export.Backend.Release();
+        await Graph.ReleaseIfUnusedAsync(root).ConfigureAwait(false); // an overlay only the export held
         _exports.Remove(export);
         Raise("BLOCK_EXPORT_DELETED", ("id", export.Id));
     }

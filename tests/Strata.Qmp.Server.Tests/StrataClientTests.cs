@@ -55,4 +55,7 @@ public sealed class StrataClientTests
 
     [Fact]
     public Task Before_negotiation_only_qmp_capabilities_is_accepted() => _tests.Before_negotiation_only_qmp_capabilities_is_accepted();
+
+    [Fact]
+    public Task Transaction_with_blockdev_snapshot_sync() => _tests.Transaction_with_blockdev_snapshot_sync();
 }

@@ -96,7 +96,7 @@ internal static class BlockCommands
         bool flat = args.Bool("flat") ?? false;
         var nodes = NodeInfo.InNamingOrder(c.Daemon.Graph);
         nodes.Reverse();
-        var list = nodes.Select(n => NodeInfo.DeviceInfo(n, flat)).ToList();
+        var list = nodes.Select(n => NodeInfo.DeviceInfo(c.Daemon.Graph, n, flat)).ToList();
         return ValueTask.FromResult(Args.Value(list, QmpJsonContext.Default.ListBlockDeviceInfo));
     }
 

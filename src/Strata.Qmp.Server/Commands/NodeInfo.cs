@@ -1,6 +1,7 @@
 using System.Text.Json;
 using Strata.Block;
 using Strata.Block.Drivers;
+using Strata.Block.Snapshots;
 using Strata.Images.Format;
 
 namespace Strata.Qmp.Server.Commands;
@@ -17,9 +18,9 @@ internal static class NodeInfo
     /// </summary>
     public static List<BlockNode> InNamingOrder(BlockGraph graph) => graph.Nodes.OrderBy(n => n.NamingOrder).ToList();
 
-    public static BlockDeviceInfo DeviceInfo(BlockNode node, bool flat)
+    public static BlockDeviceInfo DeviceInfo(BlockGraph graph, BlockNode node, bool flat)
     {
-        var image = Image(node, flat);
+        var image = Image(graph, node, flat);
         int depth = 0;
         for (var i = image.BackingImage; i is not null; i = i.BackingImage)
         {
@@ -28,11 +29,13 @@ internal static class NodeInfo
 
         return new BlockDeviceInfo
         {
-            File = node.FileName,
+            File = NodeFilename.Of(node, graph),
             NodeName = node.NodeName,
             ReadOnly = node.IsReadOnly,
             Driver = node.Driver,
-            BackingFile = node is Qcow2Node q ? q.Image.Header.BackingFileName : null,
+            // QEMU replaces the header's name by the backing node's file name once the backing is attached.
+            // QEMU's backing_file is the backing node's name once attached; with backing: null there is none.
+            BackingFile = node.BackingChild is { } backing ? NodeFilename.Of(backing, graph) : null,
             BackingFileDepth = depth,
             Encrypted = false,
             DetectZeroes = node.Settings.DetectZeroes switch
@@ -48,12 +51,12 @@ internal static class NodeInfo
     }
 
     /// <summary>ImageInfo (bdrv_query_image_info): with the backing chain's images unless <paramref name="flat"/>.</summary>
-    public static ImageInfo Image(BlockNode node, bool flat)
+    public static ImageInfo Image(BlockGraph graph, BlockNode node, bool flat)
     {
         long actual = node.Storage.AllocatedBytes;
         var info = new ImageInfo
         {
-            Filename = node.FileName,
+            Filename = NodeFilename.Of(node, graph),
             Format = node.Driver,
             VirtualSize = (node.Size + 511) / 512 * 512, // bdrv_getlength counts whole sectors
             ActualSize = actual >= 0 ? actual : null,
@@ -69,7 +72,9 @@ internal static class NodeInfo
                 DirtyFlag = h.IsDirty,
                 ClusterSize = h.ClusterSize,
                 BackingFilename = backing,
-                FullBackingFilename = backing is null ? null : ImageOpener.ResolveBackingPath(node.FileName, backing),
+                FullBackingFilename = backing is null ? null
+                    : backing.StartsWith("json:", StringComparison.Ordinal) ? backing // QEMU takes a json: name as it is
+                    : ImageOpener.ResolveBackingPath(node.FileName, backing),
                 BackingFilenameFormat = backing is null ? null : h.BackingFormat,
                 FormatSpecific = ImageInfoSpecific.Qcow2(h.Version == 2
                     ? new ImageInfoSpecificQCow2 { Compat = "0.10", RefcountBits = h.RefcountBits, CompressionType = Compression(h) }
@@ -82,7 +87,7 @@ internal static class NodeInfo
                         RefcountBits = h.RefcountBits,
                         CompressionType = Compression(h),
                     }),
-                BackingImage = !flat && node.BackingChild is { } b ? Image(b, flat) : null,
+                BackingImage = !flat && node.BackingChild is { } b ? Image(graph, b, flat) : null,
             };
         }
 

@@ -27,6 +27,11 @@ public static class StandardCommands
         t.Add(new("blockdev-add", QmpTypes.BlockdevOptions, empty, BlockCommands.BlockdevAddAsync, Boxed: true));
         t.Add(new("blockdev-del", QmpTypes.BlockdevDelArgs, empty, BlockCommands.BlockdevDelAsync));
 
+        // live external snapshots and transactions
+        t.Add(new("blockdev-snapshot-sync", SnapshotTypes.BlockdevSnapshotSync, empty, SnapshotCommands.BlockdevSnapshotSyncAsync));
+        t.Add(new("blockdev-snapshot", SnapshotTypes.BlockdevSnapshot, empty, SnapshotCommands.BlockdevSnapshotAsync));
+        t.Add(new("transaction", TransactionCommands.Arguments, empty, TransactionCommands.TransactionAsync));
+
         // NBD server and exports
         t.Add(new("nbd-server-start", QmpTypes.NbdServerStartArgs, empty, ExportCommands.NbdServerStartAsync));
         t.Add(new("nbd-server-add", QmpTypes.NbdServerAddArgs, empty, ExportCommands.NbdServerAddAsync) { Features = ["deprecated"] });

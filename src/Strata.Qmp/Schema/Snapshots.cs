@@ -14,6 +14,9 @@ public enum NewImageMode
 
     /// <summary>Create a new image, with absolute paths to its backing file.</summary>
     AbsolutePaths,
+
+    /// <summary>Strata's extension: create a new image whose backing name is relative to its directory (qsd refuses it).</summary>
+    RelativePaths,
 }
 
 /// <summary>Arguments of blockdev-snapshot-sync (BlockdevSnapshotSync): creates an overlay file and puts it on top of a node.</summary>

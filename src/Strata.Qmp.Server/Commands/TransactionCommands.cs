@@ -1,0 +1,39 @@
+using System.Text.Json;
+using Strata.Block.Transactions;
+using Strata.Qmp.Server.Schema;
+
+namespace Strata.Qmp.Server.Commands;
+
+/// <summary>
+/// transaction: the actions strata-daemon knows, each a kind, its QAPI data type and a factory of its Strata.Block
+/// action. Another action (blockdev-snapshot-internal-sync, the dirty-bitmap and backup actions) plugs in with one
+/// entry here, in the place QEMU's TransactionActionKind gives it.
+/// </summary>
+internal static class TransactionCommands
+{
+    public static IReadOnlyList<(string Kind, QapiObject Data, Func<JsonElement, ITransactionAction> Create)> Actions { get; } =
+    [
+        ("abort", SnapshotTypes.Abort, _ => new AbortAction()),
+        ("blockdev-snapshot", SnapshotTypes.BlockdevSnapshot, SnapshotCommands.OverlayAction),
+        ("blockdev-snapshot-sync", SnapshotTypes.BlockdevSnapshotSync, SnapshotCommands.SyncAction),
+    ];
+
+    public static QapiObject Arguments { get; } = SnapshotTypes.TransactionArgs(Actions.Select(a => (a.Kind, a.Data)).ToArray());
+
+    public static async ValueTask<JsonElement> TransactionAsync(QmpCommandContext c, JsonElement args, CancellationToken ct)
+    {
+        var actions = new List<ITransactionAction>();
+        foreach (var item in args.GetProperty("actions").EnumerateArray())
+        {
+            string kind = item.GetProperty("type").GetString()!;
+            var entry = Actions.First(a => a.Kind == kind);
+            actions.Add(entry.Create(item.GetProperty("data")));
+        }
+
+        var properties = args.Member("properties") is { } p && p.Str("completion-mode") == "grouped"
+            ? new Strata.Block.Transactions.TransactionProperties { CompletionMode = Strata.Block.Transactions.ActionCompletionMode.Grouped }
+            : Strata.Block.Transactions.TransactionProperties.Default;
+        await BlockTransaction.RunAsync(c.Daemon.Graph, actions, properties, ct).ConfigureAwait(false);
+        return await Args.Empty.ConfigureAwait(false);
+    }
+}
