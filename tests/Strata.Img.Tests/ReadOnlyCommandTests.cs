@@ -89,6 +89,22 @@ public sealed class ReadOnlyCommandTests(ImageMatrix m)
     [InlineData("foo")]
     public void Misc(params string[] args) => Differential.AssertSame(m.Dir, args);
 
+    /// <summary>qemu-img check opens the backing chain: a missing or unreadable backing file fails the check.</summary>
+    [Theory]
+    [InlineData("check", "top.qcow2")]
+    [InlineData("check", "--output=json", "top.qcow2")]
+    [InlineData("check", "-r", "leaks", "top.qcow2")]
+    public void Check_WithAMissingBackingFile_FailsAsQemuImg(params string[] args)
+    {
+        using var dir = new TempDir("check-backing");
+        QemuTools.QemuImg("create", "-q", "-f", "qcow2", dir.Combine("base.qcow2"), "1M").EnsureSuccess();
+        QemuTools.RunIn(dir.Path, "qemu-img", "create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", "top.qcow2").EnsureSuccess();
+        File.Delete(dir.Combine("base.qcow2"));
+        var (q, s) = Differential.Run(dir.Path, args);
+        Assert.Equal(1, q.ExitCode);
+        Differential.AssertSame(q, s);
+    }
+
     public static TheoryData<string, string> ComparePairs()
     {
         string[] set = ["base.qcow2", "sub/top.qcow2", "chain4.qcow2", "r.raw", "rb.qcow2", "comp.qcow2", "text.raw", "compz.qcow2",

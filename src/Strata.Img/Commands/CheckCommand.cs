@@ -54,7 +54,7 @@ public static class CheckCommand
         string filename = pos[0];
         bool json = Io.ParseOutputFormat(output);
 
-        await using var img = await ImageOpen.OpenAsync(filename, fmt, writable: mode != Qcow2RepairMode.None, noBacking: true, forCheck: true, forceShare: forceShare);
+        await using var img = await ImageOpen.OpenAsync(filename, fmt, writable: mode != Qcow2RepairMode.None, forCheck: true, forceShare: forceShare);
         if (img is not Qcow2Image q)
         {
             Io.Error("This image format does not support checks");
