@@ -217,7 +217,7 @@ public sealed class BlockGraph : IAsyncDisposable
         string? name = node.Image.Header.BackingFileName;
         if (name == null)
             return null;
-        string path = ImageOpener.ResolveBackingPath(node.FileName, name);
+        string path = BackingPath.Resolve(node.FileName, name);
         var fileOptions = new JsonObject { ["driver"] = "file", ["filename"] = path };
         string format = node.Image.Header.BackingFormat ?? await ProbeAsync(path, ct).ConfigureAwait(false);
         var options = new JsonObject { ["driver"] = format, ["file"] = fileOptions, ["read-only"] = true };

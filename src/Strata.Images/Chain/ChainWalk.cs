@@ -80,41 +80,27 @@ public static class ChainWalk
     /// </summary>
     public static IImage? FindBackingImage(IImage top, string name)
     {
-        bool protocol = HasProtocol(name);
+        bool protocol = BackingPath.HasProtocol(name);
         for (IImage? cur = top; cur?.Backing != null; cur = cur.Backing)
         {
             string? recorded = cur.BackingFileName;
             if (recorded == null)
                 break;
-            if (protocol || HasProtocol(recorded))
+            if (protocol || BackingPath.HasProtocol(recorded))
             {
-                if (name == recorded || name == CombineBacking(cur.FileName, recorded))
+                if (name == recorded || name == BackingPath.Resolve(cur.FileName, recorded))
                     return cur.Backing;
                 continue;
             }
-            string? wanted = RealPath(CombineBacking(cur.FileName, name));
-            string? actual = RealPath(CombineBacking(cur.FileName, recorded));
+            string? wanted = RealPath(BackingPath.Resolve(cur.FileName, name));
+            string? actual = RealPath(BackingPath.Resolve(cur.FileName, recorded));
             if (wanted != null && actual != null && wanted == actual)
                 return cur.Backing;
         }
         return null;
     }
 
-    /// <summary>QEMU's path_has_protocol: a colon before any slash.</summary>
-    public static bool HasProtocol(string path)
-    {
-        int i = path.IndexOfAny([':', '/']);
-        return i >= 0 && path[i] == ':';
-    }
 
-    /// <summary>QEMU's bdrv_make_absolute_filename: a relative backing name lives in the directory of the image naming it.</summary>
-    public static string CombineBacking(string imageName, string backing)
-    {
-        if (HasProtocol(backing) || backing.StartsWith('/'))
-            return backing;
-        int slash = imageName.LastIndexOf('/');
-        return slash < 0 ? backing : imageName[..(slash + 1)] + backing;
-    }
 
     /// <summary>realpath(3): null when the file does not exist.</summary>
     public static string? RealPath(string path)

@@ -96,7 +96,7 @@ public static class ImageOpener
 
     private static async ValueTask<IImage?> OpenBackingAsync(string imagePath, Qcow2Header h, ImageOpenOptions options, int depth, HashSet<string> seen, CancellationToken ct)
     {
-        string backingPath = ResolveBackingPath(imagePath, h.BackingFileName!);
+        string backingPath = BackingPath.Resolve(imagePath, h.BackingFileName!);
         if (!File.Exists(backingPath))
             throw new ImageException($"Could not open backing file: Could not open '{backingPath}': No such file or directory");
         var backingOptions = options with { Format = h.BackingFormat, ReadOnly = true, ForCheck = false };
@@ -147,14 +147,6 @@ public static class ImageOpener
         return (perm, options.ForceShare ? LockPermissions.All : shared);
     }
 
-    /// <summary>A backing name is relative to the directory of the image that names it (as QEMU resolves it).</summary>
-    public static string ResolveBackingPath(string imagePath, string backingName)
-    {
-        if (Path.IsPathRooted(backingName) || backingName.Contains("://", StringComparison.Ordinal))
-            return backingName;
-        string? dir = Path.GetDirectoryName(imagePath);
-        return string.IsNullOrEmpty(dir) ? backingName : Path.Combine(dir, backingName);
-    }
 
     public static FileStorage OpenStorage(string path, ImageOpenOptions options)
     {

@@ -40,7 +40,7 @@ public sealed class ChainStatus
         {
             _layers.Add((img, name));
             if (img.BackingFileName is { } b)
-                name = ImageOpen.CombineBacking(name, b);
+                name = BackingPath.Resolve(name, b);
             img = img.Backing;
         }
     }

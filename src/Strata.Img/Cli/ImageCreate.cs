@@ -85,7 +85,7 @@ public static class ImageCreate
 
         if (backingFile != null && !noBacking)
         {
-            string full = ImageOpen.CombineBacking(filename, backingFile);
+            string full = BackingPath.Resolve(filename, backingFile);
             IImage bs;
             try
             {

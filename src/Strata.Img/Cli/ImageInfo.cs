@@ -76,7 +76,7 @@ public sealed class ImageInfo
         if (img.BackingFileName is { Length: > 0 } b)
         {
             info.BackingFilename = b;
-            info.FullBackingFilename = ImageOpen.CombineBacking(filename, b);
+            info.FullBackingFilename = BackingPath.Resolve(filename, b);
             if (!string.IsNullOrEmpty(img.BackingFormat))
                 info.BackingFilenameFormat = img.BackingFormat;
         }

@@ -71,20 +71,4 @@ public static class ImageOpen
         }
         return m;
     }
-
-    /// <summary>QEMU's path_has_protocol.</summary>
-    public static bool HasProtocol(string path)
-    {
-        int i = path.IndexOfAny([':', '/']);
-        return i >= 0 && path[i] == ':';
-    }
-
-    /// <summary>QEMU's bdrv_make_absolute_filename for a backing name relative to the image naming it.</summary>
-    public static string CombineBacking(string imageName, string backing)
-    {
-        if (HasProtocol(backing) || backing.StartsWith('/'))
-            return backing;
-        int slash = imageName.LastIndexOf('/');
-        return slash < 0 ? backing : imageName[..(slash + 1)] + backing;
-    }
 }

@@ -120,7 +120,7 @@ public static class RebaseCommand
                 IImage? target = null;
                 if (outBase!.Length > 0)
                 {
-                    string realPath = ChainWalk.CombineBacking(filename, outBase);
+                    string realPath = BackingPath.Resolve(filename, outBase);
                     // Rebasing onto a layer of the current chain reuses that layer (and skips what is equal by construction).
                     target = ChainWalk.FindBackingImage(img, realPath);
                     if (target == null)

@@ -74,7 +74,7 @@ internal static class NodeInfo
                 BackingFilename = backing,
                 FullBackingFilename = backing is null ? null
                     : backing.StartsWith("json:", StringComparison.Ordinal) ? backing // QEMU takes a json: name as it is
-                    : ImageOpener.ResolveBackingPath(node.FileName, backing),
+                    : BackingPath.Resolve(node.FileName, backing),
                 BackingFilenameFormat = backing is null ? null : h.BackingFormat,
                 FormatSpecific = ImageInfoSpecific.Qcow2(h.Version == 2
                     ? new ImageInfoSpecificQCow2 { Compat = "0.10", RefcountBits = h.RefcountBits, CompressionType = Compression(h) }
