@@ -168,6 +168,8 @@ public static partial class QmpScript
         line = Triple().Replace(line, "{\"micro\": 0, \"minor\": 0, \"major\": 0}");
         line = Package().Replace(line, "\"package\": \"P\"");
         line = ActualSize().Replace(line, "\"actual-size\": 0");
+        line = SnapshotTime().Replace(line, "\"$1\": 0");
+        line = SnapshotRow().Replace(line, " DATE CLOCK");
         line = AutoName().Replace(line, m =>
         {
             if (!names.TryGetValue(m.Value, out var n))
@@ -192,6 +194,14 @@ public static partial class QmpScript
 
     [GeneratedRegex("\"actual-size\": \\d+")]
     private static partial Regex ActualSize();
+
+    /// <summary>An internal snapshot's times in JSON (the wall clock; qsd's VM clock is the wall clock too).</summary>
+    [GeneratedRegex("\"(date-sec|date-nsec|vm-clock-sec|vm-clock-nsec)\": \\d+")]
+    private static partial Regex SnapshotTime();
+
+    /// <summary>The DATE and VM CLOCK columns of qemu-img snapshot -l (they run together when the clock is long).</summary>
+    [GeneratedRegex(" +\\d{4}-\\d\\d-\\d\\d \\d\\d:\\d\\d:\\d\\d *\\d+:\\d\\d:\\d\\d\\.\\d{3}")]
+    private static partial Regex SnapshotRow();
 
     [GeneratedRegex("#block\\d+")]
     private static partial Regex AutoName();

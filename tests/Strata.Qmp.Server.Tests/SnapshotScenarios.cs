@@ -243,6 +243,7 @@ public static partial class SnapshotSuite
             E("""{"execute":"blockdev-del","arguments":{"node-name":"d0"}}"""),
             E(FlatNodes),
         ]);
+        AddInternal(s);
         return s;
     }
 

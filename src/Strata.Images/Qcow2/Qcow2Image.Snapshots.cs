@@ -48,6 +48,9 @@ public sealed partial class Qcow2Image
         }
     }
 
+    /// <summary>The snapshot table as last read or written, without waiting; null before the first use.</summary>
+    public IReadOnlyList<Qcow2Snapshot>? LoadedSnapshots => _snapshots;
+
     private async ValueTask<List<Qcow2Snapshot>> LoadSnapshotsLockedAsync(CancellationToken ct)
     {
         if (_snapshots != null)

@@ -178,20 +178,8 @@ public static class SnapshotCommand
         return file != null ? (file, fmt) : throw Io.Fail($"Could not open '{spec}': A block device must be specified for \"file\"");
     }
 
-    /// <summary>
-    /// The name -C gives: "snap-YYYYMMDD-HHMMSS" in UTC, and "-2", "-3", ... appended when that name is taken
-    /// (two snapshots in the same second). qemu-img's -c "" makes a snapshot with an empty name, so -C is separate.
-    /// </summary>
-    internal static string AutoName(IReadOnlyList<Qcow2Snapshot> existing, DateTimeOffset now)
-    {
-        string stem = "snap-" + now.UtcDateTime.ToString("yyyyMMdd-HHmmss", CultureInfo.InvariantCulture);
-        var taken = new HashSet<string>(existing.Select(s => s.Name), StringComparer.Ordinal);
-        if (!taken.Contains(stem))
-            return stem;
-        for (int n = 2; ; n++)
-            if (!taken.Contains($"{stem}-{n}"))
-                return $"{stem}-{n}";
-    }
+    /// <summary>The name -C gives (see <see cref="SnapshotNames.Unique"/>); qemu-img's -c "" makes a snapshot with an empty name.</summary>
+    internal static string AutoName(IReadOnlyList<Qcow2Snapshot> existing, DateTimeOffset now) => SnapshotNames.Unique(existing, now);
 
     private static (int Code, string Text) Errno(Exception e)
     {

@@ -91,13 +91,17 @@ internal static class BlockCommands
     }
 
     /// <summary>QEMU builds the list by prepending: the node named last comes first.</summary>
-    public static ValueTask<JsonElement> QueryNamedBlockNodesAsync(QmpCommandContext c, JsonElement args, CancellationToken ct)
+    public static async ValueTask<JsonElement> QueryNamedBlockNodesAsync(QmpCommandContext c, JsonElement args, CancellationToken ct)
     {
         bool flat = args.Bool("flat") ?? false;
         var nodes = NodeInfo.InNamingOrder(c.Daemon.Graph);
         nodes.Reverse();
+        // Internal snapshots are listed from the table in memory: read it where nothing has yet.
+        foreach (var n in nodes)
+            if (n is Qcow2Node q && q.Image.LoadedSnapshots == null)
+                await q.Image.GetSnapshotsAsync(ct).ConfigureAwait(false);
         var list = nodes.Select(n => NodeInfo.DeviceInfo(c.Daemon.Graph, n, flat)).ToList();
-        return ValueTask.FromResult(Args.Value(list, QmpJsonContext.Default.ListBlockDeviceInfo));
+        return Args.Value(list, QmpJsonContext.Default.ListBlockDeviceInfo);
     }
 
     /// <summary>x-debug-query-block-graph, numbered and ordered as QEMU's xdbg_graph does it.</summary>

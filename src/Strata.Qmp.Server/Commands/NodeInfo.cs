@@ -87,12 +87,27 @@ internal static class NodeInfo
                         RefcountBits = h.RefcountBits,
                         CompressionType = Compression(h),
                     }),
+                Snapshots = Snapshots(q.Image.LoadedSnapshots),
                 BackingImage = !flat && node.BackingChild is { } b ? Image(graph, b, flat) : null,
             };
         }
 
         return info;
     }
+
+    /// <summary>bdrv_query_snapshot_info_list: no member at all when the table is empty.</summary>
+    private static List<SnapshotInfo>? Snapshots(IReadOnlyList<Strata.Images.Qcow2.Qcow2Snapshot>? table) =>
+        table is not { Count: > 0 } ? null : table.Select(sn => new SnapshotInfo
+        {
+            Id = sn.Id,
+            Name = sn.Name,
+            VmStateSize = (long)sn.VmStateSize,
+            DateSec = sn.DateSeconds,
+            DateNsec = sn.DateNanoseconds,
+            VmClockSec = (long)(sn.VmClockNanoseconds / 1_000_000_000),
+            VmClockNsec = (long)(sn.VmClockNanoseconds % 1_000_000_000),
+            Icount = sn.Icount == ulong.MaxValue ? null : (long)sn.Icount,
+        }).ToList();
 
     private static Qcow2CompressionType Compression(Strata.Images.Qcow2.Qcow2Header h) =>
         h.CompressionType == Strata.Images.Qcow2.CompressionType.Zstd ? Qcow2CompressionType.Zstd : Qcow2CompressionType.Zlib;

@@ -27,9 +27,13 @@ public static class StandardCommands
         t.Add(new("blockdev-add", QmpTypes.BlockdevOptions, empty, BlockCommands.BlockdevAddAsync, Boxed: true));
         t.Add(new("blockdev-del", QmpTypes.BlockdevDelArgs, empty, BlockCommands.BlockdevDelAsync));
 
-        // live external snapshots and transactions
+        // live external and internal snapshots, transactions
         t.Add(new("blockdev-snapshot-sync", SnapshotTypes.BlockdevSnapshotSync, empty, SnapshotCommands.BlockdevSnapshotSyncAsync));
         t.Add(new("blockdev-snapshot", SnapshotTypes.BlockdevSnapshot, empty, SnapshotCommands.BlockdevSnapshotAsync));
+        t.Add(new("blockdev-snapshot-internal-sync", SnapshotTypes.BlockdevSnapshotInternal, SnapshotTypes.BlockdevSnapshotInternalResult,
+            SnapshotCommands.BlockdevSnapshotInternalSyncAsync));
+        t.Add(new("blockdev-snapshot-delete-internal-sync", SnapshotTypes.BlockdevSnapshotDeleteInternalArgs, QmpTypes.SnapshotInfo,
+            SnapshotCommands.BlockdevSnapshotDeleteInternalSyncAsync));
         t.Add(new("transaction", TransactionCommands.Arguments, empty, TransactionCommands.TransactionAsync));
 
         // NBD server and exports

@@ -6,7 +6,7 @@ namespace Strata.Qmp.Server.Commands;
 
 /// <summary>
 /// transaction: the actions strata-daemon knows, each a kind, its QAPI data type and a factory of its Strata.Block
-/// action. Another action (blockdev-snapshot-internal-sync, the dirty-bitmap and backup actions) plugs in with one
+/// action. Another action (the dirty-bitmap and backup actions) plugs in with one
 /// entry here, in the place QEMU's TransactionActionKind gives it.
 /// </summary>
 internal static class TransactionCommands
@@ -15,6 +15,7 @@ internal static class TransactionCommands
     [
         ("abort", SnapshotTypes.Abort, _ => new AbortAction()),
         ("blockdev-snapshot", SnapshotTypes.BlockdevSnapshot, SnapshotCommands.OverlayAction),
+        ("blockdev-snapshot-internal-sync", SnapshotTypes.BlockdevSnapshotInternal, SnapshotCommands.InternalAction),
         ("blockdev-snapshot-sync", SnapshotTypes.BlockdevSnapshotSync, SnapshotCommands.SyncAction),
     ];
 

@@ -94,7 +94,8 @@ public static class QmpTypes
 
     public static QapiObject QueryBlockstatsArgs { get; } = new("q_obj_query-blockstats-arg", Opt("query-nodes", Bool));
 
-    private static readonly QapiObject SnapshotInfo = new("SnapshotInfo",
+    /// <summary>An internal snapshot (also blockdev-snapshot-delete-internal-sync's reply).</summary>
+    public static QapiObject SnapshotInfo { get; } = new("SnapshotInfo",
         Req("id", Str), Req("name", Str), Req("vm-state-size", Int), Req("date-sec", Int), Req("date-nsec", Int),
         Req("vm-clock-sec", Int), Req("vm-clock-nsec", Int), Opt("icount", Int));
 

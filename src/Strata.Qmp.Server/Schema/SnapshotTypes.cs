@@ -3,7 +3,7 @@ using static Strata.Qmp.Server.Schema.QapiMember;
 namespace Strata.Qmp.Server.Schema;
 
 /// <summary>
-/// The QAPI types of blockdev-snapshot-sync, blockdev-snapshot and transaction, transcribed from
+/// The QAPI types of blockdev-snapshot-sync, blockdev-snapshot, the internal snapshot commands and transaction, transcribed from
 /// qemu-storage-daemon 7.2's schema (member order matters), with Strata's "relative-paths" in NewImageMode.
 /// </summary>
 public static class SnapshotTypes
@@ -18,6 +18,15 @@ public static class SnapshotTypes
         Opt("mode", NewImageMode));
 
     public static QapiObject BlockdevSnapshot { get; } = new("BlockdevSnapshot", Req("node", Str), Req("overlay", Str));
+
+    /// <summary>Strata's extension: "name" may be omitted, a unique one is then generated (QEMU requires it).</summary>
+    public static QapiObject BlockdevSnapshotInternal { get; } = new("BlockdevSnapshotInternal", Req("device", Str), Opt("name", Str));
+
+    /// <summary>blockdev-snapshot-internal-sync's reply: {} as QEMU's, or the generated name when none was given.</summary>
+    public static QapiObject BlockdevSnapshotInternalResult { get; } = new("StrataSnapshotInternalResult", Opt("name", Str));
+
+    public static QapiObject BlockdevSnapshotDeleteInternalArgs { get; } = new("q_obj_blockdev-snapshot-delete-internal-sync-arg",
+        Req("device", Str), Opt("id", Str), Opt("name", Str));
 
     public static QapiObject Abort { get; } = new("Abort");
 
