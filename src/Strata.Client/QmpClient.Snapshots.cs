@@ -19,6 +19,14 @@ public sealed partial class QmpClient
         RunAsync("blockdev-snapshot-internal-sync", new BlockdevSnapshotInternalArgs { Device = device, Name = name },
             Ctx.BlockdevSnapshotInternalArgs, cancellationToken);
 
+    /// <summary>
+    /// strata-daemon's extension: an internal snapshot with a generated unique name (snap-YYYYMMDD-HHMMSS[-N]), which
+    /// is returned. qemu-storage-daemon refuses the call ("Parameter 'name' is missing").
+    /// </summary>
+    public async Task<string> BlockdevSnapshotInternalSyncAsync(string device, CancellationToken cancellationToken = default) =>
+        (await ExecuteAsync("blockdev-snapshot-internal-sync", new BlockdevSnapshotInternalArgs { Device = device },
+            Ctx.BlockdevSnapshotInternalArgs, Ctx.GeneratedSnapshotName, cancellationToken).ConfigureAwait(false)).Name;
+
     /// <summary>Deletes an internal snapshot by id and/or name; returns what it was.</summary>
     public Task<SnapshotInfo> BlockdevSnapshotDeleteInternalSyncAsync(
         string device, string? id = null, string? name = null, CancellationToken cancellationToken = default) =>

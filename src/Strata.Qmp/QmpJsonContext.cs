@@ -68,6 +68,7 @@ namespace Strata.Qmp;
 [JsonSerializable(typeof(BlockdevSnapshotSyncArgs))]
 [JsonSerializable(typeof(BlockdevSnapshotArgs))]
 [JsonSerializable(typeof(BlockdevSnapshotInternalArgs))]
+[JsonSerializable(typeof(GeneratedSnapshotName))]
 [JsonSerializable(typeof(BlockdevSnapshotDeleteInternalArgs))]
 [JsonSerializable(typeof(SnapshotInfo))]
 [JsonSerializable(typeof(TransactionArgs))]

@@ -58,4 +58,27 @@ public sealed class StrataClientTests
 
     [Fact]
     public Task Transaction_with_blockdev_snapshot_sync() => _tests.Transaction_with_blockdev_snapshot_sync();
+
+    /// <summary>The client's call for Strata's name-less internal snapshot returns the generated name, which the image then holds.</summary>
+    [Fact]
+    public async Task Internal_snapshot_without_a_name_returns_the_generated_one()
+    {
+        await using var daemon = await QmpDaemon.StartAsync(Daemons.Strata);
+        await using var qmp = await daemon.ConnectAsync();
+        var image = daemon.PathOf("disk.qcow2");
+        QemuTools.QemuImg("create", "-q", "-f", "qcow2", image, "16M").EnsureSuccess();
+        await qmp.BlockdevAddAsync(BlockdevOptions.Qcow2("d0", BlockdevOptions.File(null, image)));
+
+        string first = await qmp.BlockdevSnapshotInternalSyncAsync("d0");
+        string second = await qmp.BlockdevSnapshotInternalSyncAsync("d0");
+        Assert.Matches("^snap-[0-9]{8}-[0-9]{6}(-[0-9]+)?$", first);
+        Assert.NotEqual(first, second);
+        var deleted = await qmp.BlockdevSnapshotDeleteInternalSyncAsync("d0", name: first);
+        Assert.Equal(first, deleted.Name);
+        await qmp.BlockdevDelAsync("d0");
+
+        var list = QemuTools.QemuImg("snapshot", "-l", image).EnsureSuccess();
+        Assert.Contains(second, list.StdOut, StringComparison.Ordinal);
+        Assert.DoesNotContain(first + " ", list.StdOut, StringComparison.Ordinal);
+    }
 }

@@ -50,6 +50,13 @@ public sealed record BlockdevSnapshotInternalArgs
     /// <summary>Device or node name.</summary>
     [JsonPropertyName("device")] public required string Device { get; init; }
 
+    /// <summary>Required by QEMU; strata-daemon generates a unique name when it is left out (an extension).</summary>
+    [JsonPropertyName("name")] public string? Name { get; init; }
+}
+
+/// <summary>strata-daemon's reply to blockdev-snapshot-internal-sync without a name (QEMU replies {}).</summary>
+public sealed record GeneratedSnapshotName
+{
     [JsonPropertyName("name")] public required string Name { get; init; }
 }
 
