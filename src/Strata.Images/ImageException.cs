@@ -6,6 +6,22 @@ public class ImageException : Exception
     public ImageException(string message) : base(message) { }
     public ImageException(string message, Exception inner) : base(message, inner) { }
     public ImageException() { }
+
+    /// <summary>
+    /// The message without the file name the library appends for context (": 'f'", " in 'f'", " ('f')", " of 'f'"),
+    /// for callers that, like QEMU, name the file themselves or not at all.
+    /// </summary>
+    public static string MessageWithoutFileName(Exception e, string? fileName)
+    {
+        string m = e.Message;
+        if (fileName != null)
+        {
+            foreach (var suffix in new[] { $": '{fileName}'", $" in '{fileName}'", $" ('{fileName}')", $" of '{fileName}'" })
+                if (m.EndsWith(suffix, StringComparison.Ordinal))
+                    return m[..^suffix.Length];
+        }
+        return m;
+    }
 }
 
 /// <summary>The image's metadata is inconsistent or hostile; the image was refused (or marked corrupt).</summary>

@@ -79,7 +79,8 @@ public sealed class Qcow2Node : BlockNode
         catch (ImageException e)
         {
             edge.Release();
-            throw new BlockException(e.Message, BlockErrorKind.Generic, e);
+            // QEMU's messages for a format node do not name the file (the node's errors are reported as the node's).
+            throw new BlockException(ImageException.MessageWithoutFileName(e, file.Storage.Name), BlockErrorKind.Generic, e);
         }
         catch
         {

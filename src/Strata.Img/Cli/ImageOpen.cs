@@ -60,15 +60,5 @@ public static class ImageOpen
     }
 
     /// <summary>Message text of a library exception (I/O errors keep their message).</summary>
-    public static string Describe(Exception e, string? fileName = null)
-    {
-        string m = e.Message;
-        if (fileName != null)
-        {
-            foreach (var suffix in new[] { $": '{fileName}'", $" in '{fileName}'", $" ('{fileName}')", $" of '{fileName}'" })
-                if (m.EndsWith(suffix, StringComparison.Ordinal))
-                    return m[..^suffix.Length];
-        }
-        return m;
-    }
+    public static string Describe(Exception e, string? fileName = null) => ImageException.MessageWithoutFileName(e, fileName);
 }
