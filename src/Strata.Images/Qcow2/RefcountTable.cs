@@ -26,6 +26,8 @@ internal sealed class RefcountTable
     private long _freeByteOffset;
 
     private readonly MetadataMap _metadata;
+    private CachedTable? _hot;
+    private int _hotRemovals;
 
     public RefcountTable(IStorage storage, Qcow2Header header, ulong[] table, int cacheTables, MetadataMap metadata)
     {
@@ -122,6 +124,57 @@ internal sealed class RefcountTable
         return Get(block.Data, _order, clusterIndex & (RefcountsPerBlock - 1));
     }
 
+    /// <summary>
+    /// The refcount of a cluster without I/O: false when its refcount block is not cached (then use
+    /// <see cref="GetRefcountAsync"/>). Bulk passes over whole tables use it to stay off the async path.
+    /// </summary>
+    public bool TryGetCachedRefcount(long clusterIndex, out ulong refcount)
+    {
+        refcount = 0;
+        long off = BlockOffsetFor(clusterIndex, out _);
+        if (off == 0)
+            return true;
+        var block = CachedBlock(off);
+        if (block == null)
+            return false;
+        refcount = Get(block.Data, _order, clusterIndex & (RefcountsPerBlock - 1));
+        return true;
+    }
+
+    /// <summary>
+    /// <see cref="UpdateAsync"/> for one cluster, without I/O: false, with nothing changed, when its refcount block
+    /// is missing or not cached or the new refcount would be out of range (<see cref="UpdateAsync"/> then handles it).
+    /// </summary>
+    public bool TryUpdateCached(long clusterIndex, long addend, out ulong refcount)
+    {
+        refcount = 0;
+        long off = BlockOffsetFor(clusterIndex, out _);
+        if (off == 0 || CachedBlock(off) is not { } block)
+            return false;
+        long bi = clusterIndex & (RefcountsPerBlock - 1);
+        ulong rc = Get(block.Data, _order, bi);
+        ulong nrc = unchecked(rc + (ulong)addend);
+        if (addend >= 0 ? nrc < rc || nrc > _max : rc < (ulong)(-addend))
+            return false;
+        Set(block.Data, _order, bi, nrc);
+        block.Dirty = true;
+        if (nrc == 0 && clusterIndex < _freeClusterIndex)
+            _freeClusterIndex = clusterIndex;
+        refcount = nrc;
+        return true;
+    }
+
+    /// <summary>The cached block at <paramref name="offset"/>; the last one found is kept, as bulk passes hit one block in a row.</summary>
+    private CachedTable? CachedBlock(long offset)
+    {
+        if (_hot != null && _hot.Offset == offset && _hotRemovals == Blocks.Removals)
+            return _hot;
+        var block = Blocks.TryGet(offset);
+        if (block != null)
+            (_hot, _hotRemovals) = (block, Blocks.Removals);
+        return block;
+    }
+
     /// <summary>Finds <paramref name="count"/> contiguous free clusters without taking them (QEMU's alloc_clusters_noref).</summary>
     private async ValueTask<long> FindFreeAsync(long count, CancellationToken ct)
     {
@@ -129,7 +182,9 @@ internal sealed class RefcountTable
         for (long i = 0; i < count; i++)
         {
             long idx = _freeClusterIndex++;
-            if (await GetRefcountAsync(idx, ct).ConfigureAwait(false) != 0)
+            if (!TryGetCachedRefcount(idx, out ulong rc))
+                rc = await GetRefcountAsync(idx, ct).ConfigureAwait(false);
+            if (rc != 0)
                 goto retry;
         }
         long start = _freeClusterIndex - count;
