@@ -545,14 +545,15 @@ public sealed partial class Qcow2Image
             }
             return ValueTask.FromResult(rc);
         }
-        return SlowAsync();
+        // Not a local function: its closure would be allocated on every call, fast path included.
+        return UpdateClusterRefcountSlowAsync(cluster, addend, ct);
+    }
 
-        async ValueTask<ulong> SlowAsync()
-        {
-            if (addend != 0)
-                await AddRefsAsync(cluster, 1, addend, ct).ConfigureAwait(false);
-            return await _rc.GetRefcountAsync(cluster, ct).ConfigureAwait(false);
-        }
+    private async ValueTask<ulong> UpdateClusterRefcountSlowAsync(long cluster, int addend, CancellationToken ct)
+    {
+        if (addend != 0)
+            await AddRefsAsync(cluster, 1, addend, ct).ConfigureAwait(false);
+        return await _rc.GetRefcountAsync(cluster, ct).ConfigureAwait(false);
     }
 
     /// <summary>

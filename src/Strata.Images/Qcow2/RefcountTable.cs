@@ -27,6 +27,7 @@ internal sealed class RefcountTable
 
     private readonly MetadataMap _metadata;
     private CachedTable? _hot;
+    private long _hotTableIndex;
     private int _hotRemovals;
 
     public RefcountTable(IStorage storage, Qcow2Header header, ulong[] table, int cacheTables, MetadataMap metadata)
@@ -131,12 +132,16 @@ internal sealed class RefcountTable
     public bool TryGetCachedRefcount(long clusterIndex, out ulong refcount)
     {
         refcount = 0;
-        long off = BlockOffsetFor(clusterIndex, out _);
-        if (off == 0)
-            return true;
-        var block = CachedBlock(off);
+        var block = HotBlock(clusterIndex);
         if (block == null)
-            return false;
+        {
+            long off = BlockOffsetFor(clusterIndex, out _);
+            if (off == 0)
+                return true;
+            block = CachedBlock(off, clusterIndex);
+            if (block == null)
+                return false;
+        }
         refcount = Get(block.Data, _order, clusterIndex & (RefcountsPerBlock - 1));
         return true;
     }
@@ -148,9 +153,13 @@ internal sealed class RefcountTable
     public bool TryUpdateCached(long clusterIndex, long addend, out ulong refcount)
     {
         refcount = 0;
-        long off = BlockOffsetFor(clusterIndex, out _);
-        if (off == 0 || CachedBlock(off) is not { } block)
-            return false;
+        var block = HotBlock(clusterIndex);
+        if (block == null)
+        {
+            long off = BlockOffsetFor(clusterIndex, out _);
+            if (off == 0 || (block = CachedBlock(off, clusterIndex)) == null)
+                return false;
+        }
         long bi = clusterIndex & (RefcountsPerBlock - 1);
         ulong rc = Get(block.Data, _order, bi);
         ulong nrc = unchecked(rc + (ulong)addend);
@@ -164,14 +173,20 @@ internal sealed class RefcountTable
         return true;
     }
 
-    /// <summary>The cached block at <paramref name="offset"/>; the last one found is kept, as bulk passes hit one block in a row.</summary>
-    private CachedTable? CachedBlock(long offset)
+    /// <summary>
+    /// The block found last, when it covers <paramref name="clusterIndex"/> and is still the cached one: bulk passes
+    /// hit one block many times in a row. A table entry that pointed at a block changes only when the block is freed
+    /// or the table replaced, and both take it out of the cache.
+    /// </summary>
+    private CachedTable? HotBlock(long clusterIndex) =>
+        _hot != null && clusterIndex >> _blockBits == _hotTableIndex && _hotRemovals == Blocks.Removals ? _hot : null;
+
+    /// <summary>The cached block at <paramref name="offset"/>, which covers <paramref name="clusterIndex"/> (kept as the hot one).</summary>
+    private CachedTable? CachedBlock(long offset, long clusterIndex)
     {
-        if (_hot != null && _hot.Offset == offset && _hotRemovals == Blocks.Removals)
-            return _hot;
         var block = Blocks.TryGet(offset);
         if (block != null)
-            (_hot, _hotRemovals) = (block, Blocks.Removals);
+            (_hot, _hotTableIndex, _hotRemovals) = (block, clusterIndex >> _blockBits, Blocks.Removals);
         return block;
     }
 

@@ -64,6 +64,10 @@ public sealed class FileStorage : IStorage
     // A flush with nothing completed since the last one is skipped, as bdrv_co_flush does.
     private long _writeGen;
     private long _flushedGen;
+    private long _fdatasyncs;
+
+    /// <summary>fdatasync calls made so far (tests check that skipped flushes really are skipped).</summary>
+    internal long FdatasyncCount => Volatile.Read(ref _fdatasyncs);
 
     private FileStorage(string path, SafeFileHandle handle, FileStorageOptions options, int alignment, long length)
     {
@@ -584,6 +588,7 @@ public sealed class FileStorage : IStorage
     {
         // Only changes completed before the call are known to be covered.
         long gen = Volatile.Read(ref _writeGen);
+        Interlocked.Increment(ref _fdatasyncs);
         int errno = LinuxNative.Fdatasync(_handle);
         if (errno != 0)
             throw Error("flush", errno);
