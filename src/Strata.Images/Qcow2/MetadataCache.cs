@@ -58,6 +58,9 @@ internal sealed class MetadataCache
 
     public bool HasDirty => DirtyCount > 0;
 
+    /// <summary>Counts tables that left the cache: a table held since this last changed is still the cached one.</summary>
+    public int Removals { get; private set; }
+
     /// <summary>Dirty tables, kept up to date by <see cref="CachedTable.Dirty"/>.</summary>
     public int DirtyCount { get; internal set; }
 
@@ -92,7 +95,10 @@ internal sealed class MetadataCache
     public void Discard(long offset)
     {
         if (_tables.Remove(offset, out var t))
+        {
             t.Dirty = false;
+            Removals++;
+        }
     }
 
     private CachedTable Insert(long offset, byte[] data)
@@ -113,7 +119,10 @@ internal sealed class MetadataCache
                 clean.Add(t);
         clean.Sort((a, b) => a.LastUse.CompareTo(b.LastUse));
         for (int i = 0; i < clean.Count && _tables.Count > Capacity; i++)
+        {
             _tables.Remove(clean[i].Offset);
+            Removals++;
+        }
     }
 
     /// <summary>Writes every dirty table (in offset order, so neighbouring tables go out together) and marks them clean.</summary>
@@ -136,6 +145,7 @@ internal sealed class MetadataCache
     public void Clear()
     {
         _tables.Clear();
+        Removals++;
         DirtyCount = 0;
     }
 }

@@ -179,6 +179,7 @@ public sealed partial class Qcow2Image
         await _file.FlushAsync(ct).ConfigureAwait(false);
         _h.SnapshotCount = count;
         _h.SnapshotsOffset = newOffset;
+        _snapshots = null; // the list read earlier is stale now
         if (oldOffset > 0 && oldSize > 0)
         {
             long first = oldOffset >> _cb, last = (oldOffset + oldSize - 1) >> _cb;

@@ -503,9 +503,7 @@ public sealed partial class Qcow2Image
                         long host = (long)(e & L2OffsetMask);
                         if ((host & (_cs - 1)) != 0)
                             throw await SignalCorruptionAsync($"Cluster allocation offset 0x{host:x} unaligned (L2 offset: 0x{l2:x}, L2 index: 0x{j:x})").ConfigureAwait(false);
-                        if (addend != 0)
-                            await AddRefsAsync(host >> _cb, 1, addend, ct).ConfigureAwait(false);
-                        rc = await _rc.GetRefcountAsync(host >> _cb, ct).ConfigureAwait(false);
+                        rc = await UpdateClusterRefcountAsync(host >> _cb, addend, ct).ConfigureAwait(false);
                         break;
                     default:
                         rc = 0;
@@ -515,7 +513,8 @@ public sealed partial class Qcow2Image
                 if (ne != e)
                 {
                     // The table may have left the cache when a cluster it referenced was freed: fetch it again.
-                    t = await _l2Cache.GetAsync(l2, ct).ConfigureAwait(false);
+                    if (!ReferenceEquals(_l2Cache.TryGet(l2), t))
+                        t = await _l2Cache.GetAsync(l2, ct).ConfigureAwait(false);
                     SetL2(t, j, ne, GetL2Bitmap(t, j));
                 }
             }
@@ -535,6 +534,32 @@ public sealed partial class Qcow2Image
     }
 
     /// <summary>
+    /// Adds <paramref name="addend"/> (may be 0) to one data cluster's refcount and returns the new refcount. The
+    /// common case, a cached refcount block, takes no async step: this runs once per L2 entry of the image.
+    /// </summary>
+    private ValueTask<ulong> UpdateClusterRefcountAsync(long cluster, int addend, CancellationToken ct)
+    {
+        if (addend == 0 ? _rc.TryGetCachedRefcount(cluster, out ulong rc) : _rc.TryUpdateCached(cluster, addend, out rc))
+        {
+            if (addend < 0 && rc == 0)
+            {
+                OnClusterFreed(cluster << _cb);
+                _freedBySnapshotOp.Add(cluster);
+            }
+            return ValueTask.FromResult(rc);
+        }
+        // Not a local function: its closure would be allocated on every call, fast path included.
+        return UpdateClusterRefcountSlowAsync(cluster, addend, ct);
+    }
+
+    private async ValueTask<ulong> UpdateClusterRefcountSlowAsync(long cluster, int addend, CancellationToken ct)
+    {
+        if (addend != 0)
+            await AddRefsAsync(cluster, 1, addend, ct).ConfigureAwait(false);
+        return await _rc.GetRefcountAsync(cluster, ct).ConfigureAwait(false);
+    }
+
+    /// <summary>
     /// Refuses, before anything changes, a reference more to everything <paramref name="l1"/> references when a
     /// refcount would overflow (QEMU fails with EINVAL half-way through; narrow refcounts make this reachable).
     /// </summary>
@@ -542,15 +567,50 @@ public sealed partial class Qcow2Image
     {
         if (_h.RefcountOrder == 6)
             return;
-        var adds = new Dictionary<long, ulong>();
+        // A bitmap over the file tells a cluster met for the first time (one refcount look-up, no I/O when its block
+        // is cached); only clusters met again (shared compressed clusters, broken images) go to a dictionary.
+        long fileClusters = (_file.Length + _cs - 1) >> _cb;
+        var seen = fileClusters <= MaxSeenBitmapBits ? new ulong[(fileClusters + 63) >> 6] : null;
+        var seenElsewhere = new HashSet<long>();
+        var again = new Dictionary<long, ulong>();
         int entries = 1 << _l2Bits;
-        void Count(long c) => adds[c] = adds.GetValueOrDefault(c) + 1;
+
+        bool FirstTime(long c)
+        {
+            if (seen != null && (ulong)c < (ulong)fileClusters)
+            {
+                ulong bit = 1UL << (int)(c & 63);
+                if ((seen[c >> 6] & bit) != 0)
+                    return false;
+                seen[c >> 6] |= bit;
+                return true;
+            }
+            return seenElsewhere.Add(c);
+        }
+
+        ValueTask CountAsync(long c)
+        {
+            if (!FirstTime(c))
+                again[c] = again.GetValueOrDefault(c) + 1;
+            else if (!_rc.TryGetCachedRefcount(c, out ulong rc))
+                return CheckUncachedAsync(c);
+            else if (rc + 1 > _rc.MaxRefcount)
+                throw TooManyReferences(c);
+            return ValueTask.CompletedTask;
+        }
+
+        async ValueTask CheckUncachedAsync(long c)
+        {
+            if (await _rc.GetRefcountAsync(c, ct).ConfigureAwait(false) + 1 > _rc.MaxRefcount)
+                throw TooManyReferences(c);
+        }
+
         for (int i = 0; i < l1.Length; i++)
         {
             long l2 = (long)(l1[i] & L1OffsetMask);
             if (l2 == 0 || (l2 & (_cs - 1)) != 0 || (_l2Cache.TryGet(l2) == null && l2 >= _file.Length))
                 continue; // reported by the update itself
-            Count(l2 >> _cb);
+            await CountAsync(l2 >> _cb).ConfigureAwait(false);
             var t = await _l2Cache.GetAsync(l2, ct).ConfigureAwait(false);
             for (int j = 0; j < entries; j++)
             {
@@ -560,20 +620,25 @@ public sealed partial class Qcow2Image
                     case ClusterType.Compressed:
                         var (off, bytes) = ParseCompressed(e);
                         for (long c = off >> _cb; c <= (off + bytes - 1) >> _cb; c++)
-                            Count(c);
+                            await CountAsync(c).ConfigureAwait(false);
                         break;
                     case ClusterType.Normal:
                     case ClusterType.ZeroAlloc:
-                        Count((long)(e & L2OffsetMask) >> _cb);
+                        await CountAsync((long)(e & L2OffsetMask) >> _cb).ConfigureAwait(false);
                         break;
                 }
             }
         }
-        foreach (var (c, n) in adds)
-            if (await _rc.GetRefcountAsync(c, ct).ConfigureAwait(false) + n > _rc.MaxRefcount)
-                throw new SnapshotException(SnapshotException.EINVAL,
-                    detail: $"Refcount of cluster {c} would exceed the {_h.RefcountBits}-bit maximum");
+        foreach (var (c, n) in again)
+            if (await _rc.GetRefcountAsync(c, ct).ConfigureAwait(false) + 1 + n > _rc.MaxRefcount)
+                throw TooManyReferences(c);
     }
+
+    /// <summary>The largest file (in clusters) whose clusters <see cref="CheckReferencesFitAsync"/> marks in a bitmap (16 MiB).</summary>
+    private const long MaxSeenBitmapBits = 1L << 27;
+
+    private SnapshotException TooManyReferences(long cluster) =>
+        new(SnapshotException.EINVAL, detail: $"Refcount of cluster {cluster} would exceed the {_h.RefcountBits}-bit maximum");
 
     /// <summary>After references were dropped: L2 tables, then the L1, then the refcounts reach the disk.</summary>
     private async ValueTask WriteTablesThenRefcountsAsync(CancellationToken ct)

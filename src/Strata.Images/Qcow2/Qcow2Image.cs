@@ -109,7 +109,8 @@ public sealed partial class Qcow2Image : IImage
     {
         options ??= new Qcow2OpenOptions();
         long fileLength = file.Length;
-        var first = new byte[Math.Min(4096, Math.Max(fileLength, V2HeaderLength))];
+        // 64 KiB (the default cluster size) at once: most images need no second read for cluster 0.
+        var first = new byte[Math.Min(65536, Math.Max(fileLength, V2HeaderLength))];
         await file.ReadAsync(first, 0, ct).ConfigureAwait(false);
         if (fileLength < V2HeaderLength)
             throw new ImageException($"Image is not in qcow2 format: '{file.Name}' is too short");
@@ -225,6 +226,7 @@ public sealed partial class Qcow2Image : IImage
         if (_h.SnapshotCount > 0 && validate)
         {
             var snaps = await SnapshotTable.ReadAsync(_file, _h.SnapshotsOffset, _h.SnapshotCount, Size, ct: ct).ConfigureAwait(false);
+            (_snapshots, _snapshotsSize) = (snaps.Snapshots, snaps.Size); // snapshot operations need not read it again
             Add(_h.SnapshotsOffset, snaps.Size, MetadataKind.SnapshotTable, "snapshot table");
             foreach (var sn in snaps.Snapshots)
                 if (sn.L1TableOffset != 0 && sn.L1Size > 0 && sn.L1TableOffset <= (ulong)MaxHostOffset)

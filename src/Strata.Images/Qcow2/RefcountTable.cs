@@ -26,6 +26,9 @@ internal sealed class RefcountTable
     private long _freeByteOffset;
 
     private readonly MetadataMap _metadata;
+    private CachedTable? _hot;
+    private long _hotTableIndex;
+    private int _hotRemovals;
 
     public RefcountTable(IStorage storage, Qcow2Header header, ulong[] table, int cacheTables, MetadataMap metadata)
     {
@@ -122,6 +125,71 @@ internal sealed class RefcountTable
         return Get(block.Data, _order, clusterIndex & (RefcountsPerBlock - 1));
     }
 
+    /// <summary>
+    /// The refcount of a cluster without I/O: false when its refcount block is not cached (then use
+    /// <see cref="GetRefcountAsync"/>). Bulk passes over whole tables use it to stay off the async path.
+    /// </summary>
+    public bool TryGetCachedRefcount(long clusterIndex, out ulong refcount)
+    {
+        refcount = 0;
+        var block = HotBlock(clusterIndex);
+        if (block == null)
+        {
+            long off = BlockOffsetFor(clusterIndex, out _);
+            if (off == 0)
+                return true;
+            block = CachedBlock(off, clusterIndex);
+            if (block == null)
+                return false;
+        }
+        refcount = Get(block.Data, _order, clusterIndex & (RefcountsPerBlock - 1));
+        return true;
+    }
+
+    /// <summary>
+    /// <see cref="UpdateAsync"/> for one cluster, without I/O: false, with nothing changed, when its refcount block
+    /// is missing or not cached or the new refcount would be out of range (<see cref="UpdateAsync"/> then handles it).
+    /// </summary>
+    public bool TryUpdateCached(long clusterIndex, long addend, out ulong refcount)
+    {
+        refcount = 0;
+        var block = HotBlock(clusterIndex);
+        if (block == null)
+        {
+            long off = BlockOffsetFor(clusterIndex, out _);
+            if (off == 0 || (block = CachedBlock(off, clusterIndex)) == null)
+                return false;
+        }
+        long bi = clusterIndex & (RefcountsPerBlock - 1);
+        ulong rc = Get(block.Data, _order, bi);
+        ulong nrc = unchecked(rc + (ulong)addend);
+        if (addend >= 0 ? nrc < rc || nrc > _max : rc < (ulong)(-addend))
+            return false;
+        Set(block.Data, _order, bi, nrc);
+        block.Dirty = true;
+        if (nrc == 0 && clusterIndex < _freeClusterIndex)
+            _freeClusterIndex = clusterIndex;
+        refcount = nrc;
+        return true;
+    }
+
+    /// <summary>
+    /// The block found last, when it covers <paramref name="clusterIndex"/> and is still the cached one: bulk passes
+    /// hit one block many times in a row. A table entry that pointed at a block changes only when the block is freed
+    /// or the table replaced, and both take it out of the cache.
+    /// </summary>
+    private CachedTable? HotBlock(long clusterIndex) =>
+        _hot != null && clusterIndex >> _blockBits == _hotTableIndex && _hotRemovals == Blocks.Removals ? _hot : null;
+
+    /// <summary>The cached block at <paramref name="offset"/>, which covers <paramref name="clusterIndex"/> (kept as the hot one).</summary>
+    private CachedTable? CachedBlock(long offset, long clusterIndex)
+    {
+        var block = Blocks.TryGet(offset);
+        if (block != null)
+            (_hot, _hotTableIndex, _hotRemovals) = (block, clusterIndex >> _blockBits, Blocks.Removals);
+        return block;
+    }
+
     /// <summary>Finds <paramref name="count"/> contiguous free clusters without taking them (QEMU's alloc_clusters_noref).</summary>
     private async ValueTask<long> FindFreeAsync(long count, CancellationToken ct)
     {
@@ -129,7 +197,9 @@ internal sealed class RefcountTable
         for (long i = 0; i < count; i++)
         {
             long idx = _freeClusterIndex++;
-            if (await GetRefcountAsync(idx, ct).ConfigureAwait(false) != 0)
+            if (!TryGetCachedRefcount(idx, out ulong rc))
+                rc = await GetRefcountAsync(idx, ct).ConfigureAwait(false);
+            if (rc != 0)
                 goto retry;
         }
         long start = _freeClusterIndex - count;

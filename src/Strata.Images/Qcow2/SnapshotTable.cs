@@ -278,7 +278,11 @@ public static class SnapshotTable
                 if (_start < 0 || offset < _start || offset >= _start + Window)
                 {
                     _start = offset;
-                    await file.ReadAsync(_buf, offset, ct).ConfigureAwait(false);
+                    // The table usually ends the file: read only what is there (the rest reads as zero anyway).
+                    int there = (int)Math.Clamp(file.Length - offset, 0, Window);
+                    Array.Clear(_buf, there, Window - there);
+                    if (there > 0)
+                        await file.ReadAsync(_buf.AsMemory(0, there), offset, ct).ConfigureAwait(false);
                 }
                 int at = (int)(offset - _start);
                 int n = Math.Min(dest.Length, Window - at);

@@ -60,6 +60,15 @@ public sealed class FileStorage : IStorage
     private volatile bool _noFallocate;
     private int _disposed;
 
+    // QEMU's write_gen/flushed_gen: changes completed so far, and how many of them the last fdatasync covered.
+    // A flush with nothing completed since the last one is skipped, as bdrv_co_flush does.
+    private long _writeGen;
+    private long _flushedGen;
+    private long _fdatasyncs;
+
+    /// <summary>fdatasync calls made so far (tests check that skipped flushes really are skipped).</summary>
+    internal long FdatasyncCount => Volatile.Read(ref _fdatasyncs);
+
     private FileStorage(string path, SafeFileHandle handle, FileStorageOptions options, int alignment, long length)
     {
         Name = path;
@@ -114,6 +123,7 @@ public sealed class FileStorage : IStorage
                 if (errno != 0)
                     throw new IOException($"Could not truncate '{path}': {Describe(errno)}", errno);
                 file._length = file._reservedEnd = 0;
+                file._writeGen = 1; // the truncation is a change a first flush must cover
             }
             file.Lock.Set(LockPermissions.None, LockPermissions.All);
             return file;
@@ -283,7 +293,25 @@ public sealed class FileStorage : IStorage
         ArgumentOutOfRangeException.ThrowIfNegative(offset);
         if (data.IsEmpty)
             return ValueTask.CompletedTask;
-        return WriteCoreAsync(data, offset, ct);
+        ValueTask write = WriteCoreAsync(data, offset, ct);
+        if (!write.IsCompleted)
+            return CountWhenDoneAsync(write);
+        Interlocked.Increment(ref _writeGen);
+        return write;
+    }
+
+    /// <summary>Counts a change once it completed (failed or not: part of it may have reached the file).</summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
+    private async ValueTask CountWhenDoneAsync(ValueTask change)
+    {
+        try
+        {
+            await change;
+        }
+        finally
+        {
+            Interlocked.Increment(ref _writeGen);
+        }
     }
 
     private ValueTask WriteCoreAsync(ReadOnlyMemory<byte> data, long offset, CancellationToken ct)
@@ -421,13 +449,18 @@ public sealed class FileStorage : IStorage
 
     // ------------------------------------------------------------------ zeroes, discard
 
-    public async ValueTask WriteZeroesAsync(long offset, long length, bool mayUnmap, CancellationToken ct = default)
+    public ValueTask WriteZeroesAsync(long offset, long length, bool mayUnmap, CancellationToken ct = default)
     {
         ThrowIfReadOnly();
         ValidateRange(offset, length);
         if (length == 0)
-            return;
+            return ValueTask.CompletedTask;
         ct.ThrowIfCancellationRequested();
+        return CountWhenDoneAsync(WriteZeroesCoreAsync(offset, length, mayUnmap, ct));
+    }
+
+    private async ValueTask WriteZeroesCoreAsync(long offset, long length, bool mayUnmap, CancellationToken ct)
+    {
         long end = offset + length;
 
         if (mayUnmap && TryPunchHole(offset, end))
@@ -466,7 +499,14 @@ public sealed class FileStorage : IStorage
             return ValueTask.FromCanceled(ct);
         try
         {
-            TryPunchHole(offset, offset + length);
+            try
+            {
+                TryPunchHole(offset, offset + length);
+            }
+            finally
+            {
+                Interlocked.Increment(ref _writeGen);
+            }
             return ValueTask.CompletedTask;
         }
         catch (IOException ex)
@@ -538,22 +578,40 @@ public sealed class FileStorage : IStorage
     {
         if (_noFlush || IsReadOnly)
             return ValueTask.CompletedTask;
+        if (Volatile.Read(ref _writeGen) == Volatile.Read(ref _flushedGen))
+            return ct.IsCancellationRequested ? ValueTask.FromCanceled(ct) : ValueTask.CompletedTask;
         // fdatasync has no asynchronous form; it blocks a pool thread, not the caller.
         return new ValueTask(Task.Run(_fdatasync, ct));
     }
 
     private void Fdatasync()
     {
+        // Only changes completed before the call are known to be covered.
+        long gen = Volatile.Read(ref _writeGen);
+        Interlocked.Increment(ref _fdatasyncs);
         int errno = LinuxNative.Fdatasync(_handle);
         if (errno != 0)
             throw Error("flush", errno);
+        long seen = Volatile.Read(ref _flushedGen);
+        while (seen < gen)
+        {
+            long was = Interlocked.CompareExchange(ref _flushedGen, gen, seen);
+            if (was == seen)
+                break;
+            seen = was;
+        }
     }
 
-    public async ValueTask SetLengthAsync(long length, Preallocation prealloc = Preallocation.Off, CancellationToken ct = default)
+    public ValueTask SetLengthAsync(long length, Preallocation prealloc = Preallocation.Off, CancellationToken ct = default)
     {
         ThrowIfReadOnly();
         ArgumentOutOfRangeException.ThrowIfNegative(length);
         ct.ThrowIfCancellationRequested();
+        return CountWhenDoneAsync(SetLengthCoreAsync(length, prealloc, ct));
+    }
+
+    private async ValueTask SetLengthCoreAsync(long length, Preallocation prealloc, CancellationToken ct)
+    {
 
         long oldLength;
         lock (_tailLock)

@@ -333,4 +333,31 @@ public sealed class FileStorageTests : IDisposable
         await Assert.ThrowsAsync<ArgumentOutOfRangeException>(async () => await storage.WriteZeroesAsync(0, -1, false));
         await Assert.ThrowsAsync<ArgumentOutOfRangeException>(async () => await storage.GetExtentAsync(-1, 1));
     }
+
+    [Fact]
+    public async Task Flush_CallsFdatasyncOnlyWhenSomethingChangedSinceTheLastOne()
+    {
+        await using var storage = FileStorage.Create(NewPath(), FileStorageOptions.Default);
+        await storage.FlushAsync();
+        Assert.Equal(0, storage.FdatasyncCount); // a new empty file: nothing to make durable
+
+        // Every kind of change makes the next flush real, and only the next one.
+        Func<Task>[] changes =
+        [
+            () => storage.WriteAsync(Filled(8 * KiB, 7), 4 * KiB).AsTask(),
+            () => storage.WriteZeroesAsync(0, 4 * KiB, mayUnmap: false).AsTask(),
+            () => storage.WriteZeroesAsync(4 * KiB, 4 * KiB, mayUnmap: true).AsTask(),
+            () => storage.DiscardAsync(8 * KiB, 4 * KiB).AsTask(),
+            () => storage.SetLengthAsync(1 * MiB).AsTask(),
+        ];
+        long expected = 0;
+        foreach (var change in changes)
+        {
+            await change();
+            await storage.FlushAsync();
+            Assert.Equal(++expected, storage.FdatasyncCount);
+            await storage.FlushAsync();
+            Assert.Equal(expected, storage.FdatasyncCount);
+        }
+    }
 }
