@@ -150,6 +150,10 @@ public sealed partial class Qcow2Image
             throw new AmendException("compat=0.10 requires refcount_bits=16");
         if (_h.ExternalDataFile != null || (_h.IncompatibleFeatures & IncompatDataFile) != 0)
             throw new AmendException("Cannot downgrade an image with a data file");
+        // v2 snapshots have no disk size of their own (and 32-bit VM state sizes): each must fit the image as it is.
+        foreach (var sn in await GetSnapshotsAsync(ct).ConfigureAwait(false))
+            if (sn.DiskSize != (ulong)Size || sn.VmStateSize > uint.MaxValue)
+                throw new AmendException("Internal snapshots prevent downgrade of image");
         await LockedAsync(MarkCleanLockedAsync, ct).ConfigureAwait(false);
         ulong blocking = _h.IncompatibleFeatures & ~IncompatCompression;
         if (blocking != 0)

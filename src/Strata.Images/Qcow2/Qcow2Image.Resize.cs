@@ -1,4 +1,5 @@
 using System.Buffers.Binary;
+using Strata.Images.Format;
 using Strata.Images.Storage;
 using static Strata.Images.Qcow2.Qcow2Constants;
 
@@ -24,6 +25,11 @@ public sealed partial class Qcow2Image
 
         CheckBitmapsResizable(newSize);
         long oldSize = _h.Size;
+        // bdrv_co_truncate: where a longer backing file would show through, the new area must read as zeroes. v2
+        // cannot record zeroes, and QEMU fails then.
+        bool zeroNewArea = newSize > oldSize && _backing != null && _backing.Size > oldSize;
+        if (zeroNewArea && _h.Version < 3)
+            throw new ImageException("Failed to zero out new clusters: Operation not supported");
         await LockRangeAsync(0, oldSize, ct).ConfigureAwait(false);
         try
         {
@@ -48,6 +54,8 @@ public sealed partial class Qcow2Image
         }
         if (newSize > oldSize && prealloc != Preallocation.Off)
             await PreallocateAsync(oldSize, newSize, prealloc, ct).ConfigureAwait(false);
+        if (zeroNewArea)
+            await ZeroRangeAsync(oldSize, newSize - oldSize, ZeroFlags.None, ct).ConfigureAwait(false);
     }
 
     private long L1EntriesFor(long size) => _h.L1EntriesFor(size);

@@ -199,6 +199,9 @@ public sealed partial class Qcow2Image
         ArgumentNullException.ThrowIfNull(idOrName);
         ObjectDisposedException.ThrowIf(_disposed, this);
         CheckWritable();
+        // bdrv_snapshot_goto refuses any dirty bitmap (enabled or not) before it even looks the snapshot up.
+        if (_bitmaps.All.Count > 0)
+            throw new SnapshotException(SnapshotException.EBUSY, detail: "Device has active dirty bitmaps");
         Qcow2Snapshot sn;
         await _lock.WaitAsync(ct).ConfigureAwait(false);
         try
@@ -209,6 +212,8 @@ public sealed partial class Qcow2Image
                 throw new SnapshotException(SnapshotException.ENOENT, detail: "Can't find the snapshot");
             sn = list[index];
             ValidateSnapshotL1(sn, asReport: true);
+            // Before anything changes (the size below): a refused apply must leave the image as it was.
+            await CheckReferencesFitAsync(await ReadSnapshotL1Async(sn, sn.L1Size, ct).ConfigureAwait(false), ct).ConfigureAwait(false);
         }
         finally
         {

@@ -6,12 +6,18 @@ namespace Strata.Images.Qcow2;
 
 public sealed partial class Qcow2Image
 {
-    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder))]
-    public async ValueTask WriteAsync(ReadOnlyMemory<byte> data, long offset, WriteFlags flags = WriteFlags.None, CancellationToken ct = default)
+    public ValueTask WriteAsync(ReadOnlyMemory<byte> data, long offset, WriteFlags flags = WriteFlags.None, CancellationToken ct = default)
     {
         CheckRange(offset, data.Length);
         CheckWritable();
         RecordDirty(offset, data.Length);
+        return WriteUnrecordedAsync(data, offset, flags, ct);
+    }
+
+    /// <summary>The write itself, without marking dirty bitmaps (for writes of the driver's own, as a resize's zeroes).</summary>
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder))]
+    private async ValueTask WriteUnrecordedAsync(ReadOnlyMemory<byte> data, long offset, WriteFlags flags, CancellationToken ct)
+    {
         while (data.Length > 0)
         {
             long host = 0;

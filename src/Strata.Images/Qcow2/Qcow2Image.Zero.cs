@@ -15,6 +15,12 @@ public sealed partial class Qcow2Image
         CheckRange(offset, length);
         CheckWritable();
         RecordDirty(offset, length);
+        await ZeroRangeAsync(offset, length, flags, ct).ConfigureAwait(false);
+    }
+
+    /// <summary>The zeroing itself, without marking dirty bitmaps (a resize zeroes the new area below them).</summary>
+    private async ValueTask ZeroRangeAsync(long offset, long length, ZeroFlags flags, CancellationToken ct)
+    {
         if (length == 0)
             return;
         if (_h.Version < 3)
@@ -106,7 +112,7 @@ public sealed partial class Qcow2Image
         while (length > 0)
         {
             int n = (int)Math.Min(length, zeros.Length);
-            await WriteAsync(zeros.AsMemory(0, n), offset, WriteFlags.None, ct).ConfigureAwait(false);
+            await WriteUnrecordedAsync(zeros.AsMemory(0, n), offset, WriteFlags.None, ct).ConfigureAwait(false);
             offset += n;
             length -= n;
         }

@@ -28,5 +28,6 @@ public sealed class SnapshotException : ImageException
     internal const string EFBIG = "File too large";
     internal const string EINVAL = "Invalid argument";
     internal const string ENOTSUP = "Operation not supported";
+    internal const string EBUSY = "Device or resource busy";
     internal const string ERANGE = "Numerical result out of range";
 }

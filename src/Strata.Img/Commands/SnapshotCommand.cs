@@ -121,6 +121,8 @@ public static class SnapshotCommand
                 }
                 catch (Exception e) when (e is ImageException or IOException)
                 {
+                    if (e is SnapshotException { Errno: "Device or resource busy", Detail: { } busy })
+                        throw Io.Fail($"Could not apply snapshot '{name}': {busy}");
                     if (e is SnapshotException { Report: { } report })
                         Io.Error(report);
                     throw Io.Fail($"Could not apply snapshot '{name}': Failed to load snapshot: {Errno(e).Text}");
