@@ -226,6 +226,7 @@ public sealed partial class Qcow2Image
             // Tables are changed in place on disk (shared ones too): the cache must not hold stale copies.
             _l2Cache.Clear();
             var l2 = new byte[_cs];
+            var released = new List<long>();
             foreach (var l1 in l1s)
             {
                 foreach (ulong l1e in l1)
@@ -237,6 +238,7 @@ public sealed partial class Qcow2Image
                     await _file.ReadAsync(l2, l2Off, ct).ConfigureAwait(false);
                     ulong l2Refcount = await _rc.GetRefcountAsync(l2Off >> _cb, ct).ConfigureAwait(false);
                     bool dirty = false;
+                    released.Clear();
                     for (int j = 0; j < _cs / entrySize; j++)
                     {
                         ulong e = BinaryPrimitives.ReadUInt64BigEndian(l2.AsSpan(j * entrySize));
@@ -258,7 +260,21 @@ public sealed partial class Qcow2Image
                             await _rc.WriteDirtyAsync(ct).ConfigureAwait(false);
                         }
                         else
+                        {
                             host = (long)(e & L2OffsetMask);
+                            // A preallocated zero cluster that another table still uses for data (a snapshot taken
+                            // before the zero write) must not be zeroed in place: QEMU 7.2 does, and destroys the
+                            // snapshot's data. This table gets a cluster of its own; the old one loses its reference
+                            // once the table no longer points at it.
+                            if (await _rc.GetRefcountAsync(host >> _cb, ct).ConfigureAwait(false) > l2Refcount)
+                            {
+                                released.Add(host);
+                                host = await _rc.AllocateClustersAsync(1, ct).ConfigureAwait(false);
+                                if (l2Refcount > 1)
+                                    await _rc.UpdateAsync(host >> _cb, 1, (long)l2Refcount - 1, ct).ConfigureAwait(false);
+                                await _rc.WriteDirtyAsync(ct).ConfigureAwait(false);
+                            }
+                        }
                         if (_metadata.Overlap(host >> _cb, 1) is { } what)
                             throw new CorruptImageException($"Preventing invalid write on metadata (overlaps with {what}) in '{_file.Name}'");
                         await _file.WriteZeroesAsync(host, _cs, mayUnmap: false, ct).ConfigureAwait(false);
@@ -272,6 +288,13 @@ public sealed partial class Qcow2Image
                         await _file.FlushAsync(ct).ConfigureAwait(false);
                         await _file.WriteAsync(l2, l2Off, ct).ConfigureAwait(false);
                         await _file.FlushAsync(ct).ConfigureAwait(false);
+                        if (released.Count > 0)
+                        {
+                            foreach (long old in released)
+                                await _rc.UpdateAsync(old >> _cb, 1, -(long)l2Refcount, ct).ConfigureAwait(false);
+                            await _rc.WriteDirtyAsync(ct).ConfigureAwait(false);
+                            await _file.FlushAsync(ct).ConfigureAwait(false);
+                        }
                     }
                     status?.Invoke(done, total);
                 }

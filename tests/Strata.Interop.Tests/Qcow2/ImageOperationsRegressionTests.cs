@@ -35,6 +35,33 @@ public sealed class ImageOperationsRegressionTests
         Assert.Equal("Device has active dirty bitmaps", e.Message);
     }
 
+    /// <summary>
+    /// A deliberate difference: QEMU 7.2's downgrade zeroes a preallocated zero cluster in place even when a snapshot
+    /// still holds data there (the snapshot loses it and check reports OFLAG_COPIED errors). Strata gives the active
+    /// table a cluster of its own: the snapshot keeps its data, the image checks clean.
+    /// </summary>
+    [Fact]
+    public void Downgrade_KeepsSnapshotDataUnderAPreallocatedZeroCluster()
+    {
+        using var dir = new TempDir("opsreg-zero-shared");
+        string path = dir.Combine("a.qcow2");
+        QemuTools.QemuImg("create", "-q", "-f", "qcow2", path, "4M").EnsureSuccess();
+        QemuTools.QemuIo("-c", "write -P 0x5a 0 1M", path).EnsureSuccess();
+        QemuTools.QemuImg("snapshot", "-c", "s1", path).EnsureSuccess();
+        QemuTools.QemuIo("-c", "write -z 0 128k", path).EnsureSuccess(); // no unmap: the clusters stay allocated, flagged zero
+        QemuTools.StrataImg("amend", "-o", "compat=0.10", path).EnsureSuccess();
+
+        var check = QemuTools.QemuImg("check", path);
+        Assert.True(check.ExitCode == 0, check.ToString());
+        Assert.Contains("\"compat\": \"0.10\"", QemuTools.QemuImg("info", "--output=json", path).StdOut, StringComparison.Ordinal);
+        string snap = dir.Combine("s1.raw");
+        QemuTools.QemuImg("convert", "-l", "snapshot.name=s1", "-O", "raw", path, snap).EnsureSuccess();
+        var read = QemuTools.QemuIo("-f", "raw", "-c", "read -P 0x5a 0 1M", snap);
+        Assert.DoesNotContain("Pattern verification failed", read.StdOut, StringComparison.Ordinal);
+        var active = QemuTools.QemuIo("-c", "read -P 0 0 128k", "-c", "read -P 0x5a 128k 896k", path);
+        Assert.DoesNotContain("Pattern verification failed", active.StdOut, StringComparison.Ordinal);
+    }
+
     [Fact]
     public async Task Downgrade_RefusedWhileASnapshotHasAnotherSize_LikeQemu()
     {
