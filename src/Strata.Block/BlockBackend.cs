@@ -146,6 +146,7 @@ public sealed class BlockBackend : IImage, IBlockParent
     public long Size => Root.Size;
     public bool IsReadOnly => Root.IsReadOnly || (_edge.Permissions & BlockPermissions.Write) == 0;
     public IImage? Backing => Root.Backing;
+    public IImage FormatImage => Root.FormatImage;
     public string? BackingFileName => Root.BackingFileName;
     public string? BackingFormat => Root.BackingFormat;
     public int AllocationGranularity => Root.AllocationGranularity;

@@ -77,6 +77,7 @@ public abstract class BlockNode : IImage, IBlockParent
 
     /// <summary>The driver image itself, for queries (e.g. a Qcow2Image's header).</summary>
     public IImage DriverImage => Inner;
+    public IImage FormatImage => Inner.FormatImage;
 
     // ---- graph ---------------------------------------------------------------------------------
 

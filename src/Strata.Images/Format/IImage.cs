@@ -25,6 +25,9 @@ public interface IImage : IAsyncDisposable
     /// <summary>The opened backing image, or null when there is none or it was not opened.</summary>
     IImage? Backing { get; }
 
+    /// <summary>The format driver's own image behind any wrappers (a graph node, a backend); the image itself otherwise.</summary>
+    IImage FormatImage => this;
+
     /// <summary>Backing file name as recorded in the image (not resolved), or null.</summary>
     string? BackingFileName { get; }
 

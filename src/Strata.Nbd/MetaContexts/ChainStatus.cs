@@ -76,7 +76,7 @@ internal sealed class ChainStatus
     {
         if (_forceRecurse is bool forced)
             return forced;
-        if (image is not Qcow2Image q)
+        if (image.FormatImage is not Qcow2Image q)
             return false; // raw answers from the file already
         if (_recurse.TryGetValue(image, out var known))
             return known.Value;
