@@ -145,11 +145,12 @@ public sealed partial class Qcow2Image
     /// qcow2_load_dirty_bitmaps at open: every bitmap of the directory becomes a persistent <see cref="DirtyBitmap"/>
     /// (one left in use is inconsistent, its data unread); read-write, the loaded ones are marked in use on disk.
     /// </summary>
-    private async ValueTask LoadBitmapsAsync(CancellationToken ct)
+    /// <param name="directory">The directory when the open already read it; null reads it.</param>
+    private async ValueTask LoadBitmapsAsync(List<BitmapDirectoryEntry>? directory, CancellationToken ct)
     {
         if (_h.Bitmaps is not { Count: > 0 } ext)
             return;
-        var entries = await BitmapDirectory.ReadAsync(_file, ext, _cs, Size, ct).ConfigureAwait(false);
+        var entries = directory ?? await BitmapDirectory.ReadAsync(_file, ext, _cs, Size, ct).ConfigureAwait(false);
         var slots = new List<Slot>(entries.Count);
         var loaded = new List<DirtyBitmap>();
         bool needsUpdate = false;

@@ -152,7 +152,7 @@ public sealed partial class Qcow2Image : IImage
         img._dirtyBitSet = h.IsDirty;
         try
         {
-            await img.BuildMetadataMapAsync(enforce: !img._readOnly && !options.ForCheck, validate: !options.ForCheck, ct).ConfigureAwait(false);
+            var bitmapDirectory = await img.BuildMetadataMapAsync(enforce: !img._readOnly && !options.ForCheck, validate: !options.ForCheck, ct).ConfigureAwait(false);
             if (!img._readOnly && !options.ForCheck)
             {
                 if (h.IsDirty)
@@ -160,7 +160,7 @@ public sealed partial class Qcow2Image : IImage
                 await img.PrepareForWritingAsync(ct).ConfigureAwait(false);
             }
             // As in QEMU, check too loads the bitmaps: a directory it cannot load fails the open.
-            await img.LoadBitmapsAsync(ct).ConfigureAwait(false);
+            await img.LoadBitmapsAsync(bitmapDirectory, ct).ConfigureAwait(false);
             if (options.OpenBacking != null && h.BackingFileName != null)
                 img._backing = await options.OpenBacking(h, ct).ConfigureAwait(false);
         }
@@ -199,7 +199,8 @@ public sealed partial class Qcow2Image : IImage
     /// writing through them would destroy the image.
     /// </summary>
     /// <param name="validate">Refuse a broken snapshot table or bitmap directory (not when opening for check, which reports them).</param>
-    private async ValueTask BuildMetadataMapAsync(bool enforce, bool validate, CancellationToken ct)
+    /// <returns>The bitmap directory when it was read, so that loading the bitmaps need not read it again.</returns>
+    private async ValueTask<List<BitmapDirectoryEntry>?> BuildMetadataMapAsync(bool enforce, bool validate, CancellationToken ct)
     {
         var conflicts = new List<string>();
         void Add(long offset, long bytes, MetadataKind kind, string what)
@@ -232,14 +233,16 @@ public sealed partial class Qcow2Image : IImage
                 if (sn.L1TableOffset != 0 && sn.L1Size > 0 && sn.L1TableOffset <= (ulong)MaxHostOffset)
                     Add((long)sn.L1TableOffset, sn.L1Size * 8L, MetadataKind.InactiveL1, $"L1 table of snapshot '{sn.Name}'");
         }
+        List<BitmapDirectoryEntry>? directory = null;
         if (_h.Bitmaps is { Count: > 0 } bitmaps && validate)
         {
             // Parsed (and so validated) even for read-only opens, as QEMU does.
-            await BitmapDirectory.ReadAsync(_file, bitmaps, _cs, Size, ct).ConfigureAwait(false);
+            directory = await BitmapDirectory.ReadAsync(_file, bitmaps, _cs, Size, ct).ConfigureAwait(false);
             Add((long)bitmaps.DirectoryOffset, (long)bitmaps.DirectorySize, MetadataKind.BitmapDirectory, "bitmap directory");
         }
         if (enforce && conflicts.Count > 0)
             throw new CorruptImageException($"Metadata overlap in '{_file.Name}': {string.Join("; ", conflicts)}");
+        return directory;
     }
 
     /// <summary>Requests must lie inside the disk.</summary>
