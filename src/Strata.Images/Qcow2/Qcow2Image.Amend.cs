@@ -204,16 +204,9 @@ public sealed partial class Qcow2Image
         var l1s = new List<ulong[]> { _l1 };
         if (_h.SnapshotCount > 0)
         {
-            var snaps = await SnapshotTable.ReadAsync(_file, _h.SnapshotsOffset, _h.SnapshotCount, Size, ct: ct).ConfigureAwait(false);
-            foreach (var s in snaps.Snapshots)
-            {
-                var raw = new byte[s.L1Size * 8L];
-                await _file.ReadAsync(raw, (long)s.L1TableOffset, ct).ConfigureAwait(false);
-                var l1 = new ulong[s.L1Size];
-                for (int i = 0; i < l1.Length; i++)
-                    l1[i] = BinaryPrimitives.ReadUInt64BigEndian(raw.AsSpan(i * 8));
-                l1s.Add(l1);
-            }
+            // The table as the downgrade's snapshot check just loaded it (cached), not read again.
+            foreach (var s in await GetSnapshotsAsync(ct).ConfigureAwait(false))
+                l1s.Add(await ReadSnapshotL1Async(s, 0, ct).ConfigureAwait(false));
         }
         long total = l1s.Sum(t => (long)t.Length), done = 0;
         int entrySize = _ext ? 16 : 8;
