@@ -131,32 +131,25 @@ public sealed class ImageLock
     /// <summary>raw_apply_lock_bytes: takes the missing bytes, in bit order, and with <paramref name="unlock"/> drops the extra ones.</summary>
     private void Apply(LockPermissions perm, LockPermissions unshared, bool unlock)
     {
+        ApplyBytes(PermBase, perm, ref _lockedPerm, unlock);
+        ApplyBytes(SharedBase, unshared, ref _lockedUnshared, unlock);
+    }
+
+    /// <summary>One range of lock bytes (permissions or unshared permissions): byte base+i stands for bit i.</summary>
+    private void ApplyBytes(int byteBase, LockPermissions wanted, ref LockPermissions held, bool unlock)
+    {
         for (int i = 0; i < PermCount; i++)
         {
             var bit = (LockPermissions)(1 << i);
-            if ((perm & bit) != 0 && (_lockedPerm & bit) == 0)
+            if ((wanted & bit) != 0 && (held & bit) == 0)
             {
-                Lock(PermBase + i);
-                _lockedPerm |= bit;
+                Lock(byteBase + i);
+                held |= bit;
             }
-            else if (unlock && (_lockedPerm & bit) != 0 && (perm & bit) == 0)
+            else if (unlock && (held & bit) != 0 && (wanted & bit) == 0)
             {
-                Unlock(PermBase + i);
-                _lockedPerm &= ~bit;
-            }
-        }
-        for (int i = 0; i < PermCount; i++)
-        {
-            var bit = (LockPermissions)(1 << i);
-            if ((unshared & bit) != 0 && (_lockedUnshared & bit) == 0)
-            {
-                Lock(SharedBase + i);
-                _lockedUnshared |= bit;
-            }
-            else if (unlock && (_lockedUnshared & bit) != 0 && (unshared & bit) == 0)
-            {
-                Unlock(SharedBase + i);
-                _lockedUnshared &= ~bit;
+                Unlock(byteBase + i);
+                held &= ~bit;
             }
         }
     }
