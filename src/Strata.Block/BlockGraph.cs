@@ -307,13 +307,10 @@ public sealed class BlockGraph : IAsyncDisposable
 
     private string NextAutoName() => $"#block{_autoNameCounter++:D3}";
 
-    /// <summary>QEMU's rule: letters, digits, '-', '.', '_', starting with a letter, at most 31 characters.</summary>
+    /// <summary>QEMU's rule: a well-formed id of at most 31 characters.</summary>
     private static void CheckNodeName(string name)
     {
-        bool ok = name.Length > 0 && name.Length < 32 && char.IsAsciiLetter(name[0]);
-        foreach (char c in name)
-            ok &= char.IsAsciiLetterOrDigit(c) || c is '-' or '.' or '_';
-        if (!ok)
+        if (name.Length >= 32 || !QemuId.IsWellFormed(name))
             throw new BlockException("Invalid node-name: '" + name + "'");
     }
 
