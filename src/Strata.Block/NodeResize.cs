@@ -10,7 +10,7 @@ public static class NodeResize
     public static async ValueTask RunAsync(BlockNode node, long size, string? device = null, CancellationToken ct = default)
     {
         // QEMU's op blockers: a backing file cannot be resized.
-        if (node.Parents.Any(p => p.Role == "backing"))
+        if (node.BackingUser != null)
             throw new BlockException($"Device '{device ?? "(null)"}' is in use");
 
         var backend = new BlockBackend("an unnamed block device", node, BlockPermissions.Resize, BlockPermissions.All);

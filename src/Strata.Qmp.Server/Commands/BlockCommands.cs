@@ -29,9 +29,7 @@ internal static class BlockCommands
         string? device = args.Str("device");
         string? nodeName = args.Str("node-name");
         long size = args.Long("size")!.Value;
-        // qsd has no named block backends: "device" never matches.
-        var node = (nodeName is null ? null : c.Daemon.Graph.Find(nodeName))
-            ?? throw new BlockException($"Cannot find device='{device}' nor node-name='{nodeName}'");
+        var node = c.Daemon.Graph.Lookup(device, nodeName);
         if (size < 0)
         {
             throw new QmpException(QmpError.Generic("Parameter 'size' expects a >0 size"));
