@@ -84,6 +84,8 @@ public sealed class CreateJob : Job
         await using (storage.ConfigureAwait(false))
         {
             // nocow and the extent size hint only tune btrfs and XFS; QEMU ignores their failures, and so does Strata.
+            // The I/O runs on the pool, as QEMU's; forced yielding keeps a quick one from completing the job inside
+            // the command's turn (before its reply).
             await Task.Run(async () =>
             {
                 if (o.Preallocation == Preallocation.Metadata)
@@ -98,7 +100,7 @@ public sealed class CreateJob : Job
                 {
                     throw new BlockException($"Could not resize file: {Reason(e.Message)}");
                 }
-            }).ConfigureAwait(false);
+            }).ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
         }
     }
 
@@ -137,7 +139,8 @@ public sealed class CreateJob : Job
             var backend = new BlockBackend("an unnamed block device", node, BlockPermissions.Write | BlockPermissions.Resize, BlockPermissions.All);
             try
             {
-                // From here on QEMU does I/O in its thread pool: the rest completes after the command's reply.
+                // From here on QEMU does I/O in its thread pool: the rest completes after the command's reply (forced
+                // yielding: even when the pool is quick).
                 await Task.Run(async () =>
                 {
                     // QEMU fails when it opens the new image with its data file, after the command has returned.
@@ -146,20 +149,13 @@ public sealed class CreateJob : Job
                     var storage = new BackendStorage(backend, keepContentOnTruncateToZero: true);
                     // QEMU writes the empty image first and fails when it grows it: leave the same empty image.
                     string? resizeFailure = ResizeFailure(q.Size, options);
-                    var create = resizeFailure is null ? options : new Qcow2CreateOptions
-                    {
-                        Version = options.Version,
-                        ClusterSize = options.ClusterSize,
-                        RefcountBits = options.RefcountBits,
-                        LazyRefcounts = options.LazyRefcounts,
-                        ExtendedL2 = options.ExtendedL2,
-                        CompressionType = options.CompressionType,
-                    };
+                    var create = resizeFailure is null ? options
+                        : options with { Size = 0, Preallocation = Preallocation.Off, BackingFile = null, BackingFormat = null };
                     var image = await Qcow2Creator.CreateAsync(storage, create, new Qcow2OpenOptions { OwnsStorage = false }).ConfigureAwait(false);
                     await image.DisposeAsync().ConfigureAwait(false);
                     if (resizeFailure is not null)
                         throw new BlockException("Could not resize image: " + resizeFailure);
-                }).ConfigureAwait(false);
+                }).ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
             }
             finally
             {
