@@ -84,8 +84,6 @@ public sealed class CreateJob : Job
         await using (storage.ConfigureAwait(false))
         {
             // nocow and the extent size hint only tune btrfs and XFS; QEMU ignores their failures, and so does Strata.
-            // The I/O runs on the pool, as QEMU's; forced yielding keeps a quick one from completing the job inside
-            // the command's turn (before its reply).
             await Task.Run(async () =>
             {
                 if (o.Preallocation == Preallocation.Metadata)
@@ -100,7 +98,7 @@ public sealed class CreateJob : Job
                 {
                     throw new BlockException($"Could not resize file: {Reason(e.Message)}");
                 }
-            }).ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
+            }).ConfigureAwait(false);
         }
     }
 
@@ -139,8 +137,7 @@ public sealed class CreateJob : Job
             var backend = new BlockBackend("an unnamed block device", node, BlockPermissions.Write | BlockPermissions.Resize, BlockPermissions.All);
             try
             {
-                // From here on QEMU does I/O in its thread pool: the rest completes after the command's reply (forced
-                // yielding: even when the pool is quick).
+                // From here on QEMU does I/O in its thread pool: the rest completes after the command's reply.
                 await Task.Run(async () =>
                 {
                     // QEMU fails when it opens the new image with its data file, after the command has returned.
@@ -155,7 +152,7 @@ public sealed class CreateJob : Job
                     await image.DisposeAsync().ConfigureAwait(false);
                     if (resizeFailure is not null)
                         throw new BlockException("Could not resize image: " + resizeFailure);
-                }).ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
+                }).ConfigureAwait(false);
             }
             finally
             {
