@@ -33,6 +33,10 @@ public sealed class BlockGraph : IAsyncDisposable
     public BlockNode Get(string nodeName) =>
         Find(nodeName) ?? throw new BlockException($"Cannot find device='{nodeName}' nor node-name='{nodeName}'", BlockErrorKind.NotFound);
 
+    /// <summary>QEMU's bdrv_lookup_bs: qemu-storage-daemon has no named block backends, so only the node name matches.</summary>
+    public BlockNode Lookup(string? device, string? nodeName) =>
+        (nodeName == null ? null : Find(nodeName)) ?? throw new BlockException($"Cannot find device='{device}' nor node-name='{nodeName}'");
+
     /// <summary>blockdev-add: opens a node (and children given inline, and backing files named in headers).</summary>
     /// <param name="keyval">The options come from a key=value command line (scalars are strings).</param>
     public async ValueTask<BlockNode> AddAsync(JsonObject options, bool keyval = false, CancellationToken ct = default)
@@ -305,15 +309,41 @@ public sealed class BlockGraph : IAsyncDisposable
         return list;
     }
 
+    /// <summary>
+    /// Drains every backend of the graph until the result is disposed: requests in flight finish first and new ones
+    /// wait, so no client sees a graph change half done (transactions and the graph commands that are not one).
+    /// </summary>
+    public async ValueTask<IAsyncDisposable> DrainAllAsync(CancellationToken ct = default)
+    {
+        var drains = new List<IAsyncDisposable>();
+        try
+        {
+            foreach (var backend in Backends())
+                drains.Add(await backend.DrainAsync(ct).ConfigureAwait(false));
+            return new Drains(drains);
+        }
+        catch
+        {
+            await new Drains(drains).DisposeAsync().ConfigureAwait(false);
+            throw;
+        }
+    }
+
+    private sealed class Drains(List<IAsyncDisposable> drains) : IAsyncDisposable
+    {
+        public async ValueTask DisposeAsync()
+        {
+            for (int i = drains.Count - 1; i >= 0; i--)
+                await drains[i].DisposeAsync().ConfigureAwait(false);
+        }
+    }
+
     private string NextAutoName() => $"#block{_autoNameCounter++:D3}";
 
-    /// <summary>QEMU's rule: letters, digits, '-', '.', '_', starting with a letter, at most 31 characters.</summary>
+    /// <summary>QEMU's rule: a well-formed id of at most 31 characters.</summary>
     private static void CheckNodeName(string name)
     {
-        bool ok = name.Length > 0 && name.Length < 32 && char.IsAsciiLetter(name[0]);
-        foreach (char c in name)
-            ok &= char.IsAsciiLetterOrDigit(c) || c is '-' or '.' or '_';
-        if (!ok)
+        if (name.Length >= 32 || !QemuId.IsWellFormed(name))
             throw new BlockException("Invalid node-name: '" + name + "'");
     }
 
@@ -325,9 +355,7 @@ public sealed class BlockGraph : IAsyncDisposable
             if (p.Parent is not BlockNode)
                 throw new BlockException($"Node {nodeName} is in use");
         // QEMU's op blocker: a node that is another node's backing image cannot be deleted.
-        foreach (var p in node.Parents)
-            if (p.Role == "backing" && p.Parent is BlockNode parent)
-                throw new BlockException($"Node '{nodeName}' is busy: node is used as backing hd of '{parent.NodeName}'");
+        node.CheckNotBacking();
         if (!IsOwned(node))
             throw new BlockException($"Node {nodeName} is not owned by the monitor");
         if (node.Parents.Count > 0)

@@ -52,6 +52,25 @@ public abstract class BlockNode : IImage, IBlockParent
     public BlockNode? FileChild => ChildFor("file");
     public BlockNode? BackingChild => ChildFor("backing");
 
+    /// <summary>The node that reads this one as its backing image, or null.</summary>
+    public BlockNode? BackingUser
+    {
+        get
+        {
+            foreach (var e in _parents)
+                if (e.Role == "backing" && e.Parent is BlockNode parent)
+                    return parent;
+            return null;
+        }
+    }
+
+    /// <summary>QEMU's op blocker on a backing image: graph operations (delete, snapshot) refuse it with this message.</summary>
+    internal void CheckNotBacking()
+    {
+        if (BackingUser is { } user)
+            throw new BlockException($"Node '{NodeName}' is busy: node is used as backing hd of '{user.NodeName}'");
+    }
+
     private BlockNode? ChildFor(string role)
     {
         foreach (var e in _children)

@@ -99,7 +99,7 @@ public sealed class StorageDaemon : IAsyncDisposable
     public BlockExport AddExport(ExportRequest request)
     {
         // blk_exp_add's order of checks, then nbd_export_create's.
-        if (!IsWellFormedId(request.Id))
+        if (!QemuId.IsWellFormed(request.Id))
             throw new BlockException("Invalid block export id");
         if (_exports.Exists(e => e.Id == request.Id))
             throw new BlockException($"Block export id '{request.Id}' is already in use");
@@ -133,17 +133,6 @@ public sealed class StorageDaemon : IAsyncDisposable
             backend.Release();
             throw;
         }
-    }
-
-    /// <summary>QEMU's id_wellformed: a letter, then letters, digits, '-', '.', '_'.</summary>
-    private static bool IsWellFormedId(string id)
-    {
-        if (id.Length == 0 || !char.IsAsciiLetter(id[0]))
-            return false;
-        foreach (char c in id)
-            if (!char.IsAsciiLetterOrDigit(c) && c is not ('-' or '.' or '_'))
-                return false;
-        return true;
     }
 
     public async ValueTask DeleteExportAsync(string id, bool hard = false, CancellationToken ct = default)

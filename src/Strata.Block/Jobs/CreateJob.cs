@@ -146,15 +146,8 @@ public sealed class CreateJob : Job
                     var storage = new BackendStorage(backend, keepContentOnTruncateToZero: true);
                     // QEMU writes the empty image first and fails when it grows it: leave the same empty image.
                     string? resizeFailure = ResizeFailure(q.Size, options);
-                    var create = resizeFailure is null ? options : new Qcow2CreateOptions
-                    {
-                        Version = options.Version,
-                        ClusterSize = options.ClusterSize,
-                        RefcountBits = options.RefcountBits,
-                        LazyRefcounts = options.LazyRefcounts,
-                        ExtendedL2 = options.ExtendedL2,
-                        CompressionType = options.CompressionType,
-                    };
+                    var create = resizeFailure is null ? options
+                        : options with { Size = 0, Preallocation = Preallocation.Off, BackingFile = null, BackingFormat = null };
                     var image = await Qcow2Creator.CreateAsync(storage, create, new Qcow2OpenOptions { OwnsStorage = false }).ConfigureAwait(false);
                     await image.DisposeAsync().ConfigureAwait(false);
                     if (resizeFailure is not null)

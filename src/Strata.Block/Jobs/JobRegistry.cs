@@ -58,7 +58,7 @@ public sealed class JobRegistry
             {
                 if (internalJob)
                     throw new BlockException("Cannot specify job ID for internal job");
-                if (!IsWellFormedId(id))
+                if (!QemuId.IsWellFormed(id))
                     throw new BlockException($"Invalid job ID '{id}'");
                 if (Find(id) is not null)
                     throw new BlockException($"Job ID '{id}' already in use");
@@ -111,16 +111,5 @@ public sealed class JobRegistry
         {
             // A run that ignores cancellation is left behind: shutdown must not hang on it.
         }
-    }
-
-    /// <summary>QEMU's id_wellformed: a letter, then letters, digits, '-', '.', '_'.</summary>
-    public static bool IsWellFormedId(string id)
-    {
-        if (id.Length == 0 || !char.IsAsciiLetter(id[0]))
-            return false;
-        foreach (char c in id)
-            if (!char.IsAsciiLetterOrDigit(c) && c is not ('-' or '.' or '_'))
-                return false;
-        return true;
     }
 }

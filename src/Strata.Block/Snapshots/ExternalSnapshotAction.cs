@@ -27,8 +27,8 @@ public sealed class ExternalSnapshotAction : ITransactionAction
     {
         tx.Properties.RequireIndividual(this);
         var graph = tx.Graph;
-        var top = _sync != null ? Lookup(graph, _sync.Device, _sync.NodeName) : Lookup(graph, _overlay!.Node, _overlay.Node);
-        CheckNotBlocked(top);
+        var top = _sync != null ? graph.Lookup(_sync.Device, _sync.NodeName) : graph.Lookup(_overlay!.Node, _overlay.Node);
+        top.CheckNotBacking();
         if (!top.IsReadOnly)
         {
             try
@@ -43,7 +43,7 @@ public sealed class ExternalSnapshotAction : ITransactionAction
 
         BlockNode overlay = _sync != null
             ? await OpenNewOverlayAsync(tx, top, _sync, ct).ConfigureAwait(false)
-            : graph.Find(_overlay!.Overlay) ?? throw NotFound(_overlay.Overlay, _overlay.Overlay);
+            : graph.Lookup(_overlay!.Overlay, _overlay.Overlay);
 
         // QEMU allows an overlay in use only by parents that do not read it as a valid image (a mirror target).
         foreach (var e in overlay.Parents)
@@ -124,21 +124,6 @@ public sealed class ExternalSnapshotAction : ITransactionAction
                     await graph.RemoveUnusedAsync(overlay).ConfigureAwait(false);
             });
         return overlay;
-    }
-
-    /// <summary>bdrv_lookup_bs: qemu-storage-daemon has no named block backends, so only node names match.</summary>
-    private static BlockNode Lookup(BlockGraph graph, string? device, string? nodeName) =>
-        (nodeName == null ? null : graph.Find(nodeName)) ?? throw NotFound(device, nodeName);
-
-    private static BlockException NotFound(string? device, string? nodeName) =>
-        new($"Cannot find device='{device}' nor node-name='{nodeName}'");
-
-    /// <summary>QEMU's op blocker: a node that is another node's backing image cannot be snapshotted.</summary>
-    private static void CheckNotBlocked(BlockNode node)
-    {
-        foreach (var e in node.Parents)
-            if (e.Role == "backing" && e.Parent is BlockNode parent)
-                throw new BlockException($"Node '{node.NodeName}' is busy: node is used as backing hd of '{parent.NodeName}'");
     }
 
     /// <summary>

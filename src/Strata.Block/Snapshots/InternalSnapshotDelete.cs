@@ -21,7 +21,7 @@ public static class InternalSnapshotDelete
         if (node is not Qcow2Node qcow)
             throw new BlockException("Failed to get a snapshot list: Operation not supported");
 
-        await using var drained = (await RootNode.DrainAllAsync(graph, ct).ConfigureAwait(false)).ConfigureAwait(false);
+        await using var drained = (await graph.DrainAllAsync(ct).ConfigureAwait(false)).ConfigureAwait(false);
         var image = qcow.Image;
         var list = await image.GetSnapshotsAsync(ct).ConfigureAwait(false);
         int index = Qcow2Image.FindSnapshot(list, id, name);

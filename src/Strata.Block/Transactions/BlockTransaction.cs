@@ -35,18 +35,8 @@ public sealed class BlockTransaction
         TransactionProperties? properties = null, CancellationToken ct = default)
     {
         var tx = new BlockTransaction(graph, properties ?? TransactionProperties.Default);
-        var drains = new List<IAsyncDisposable>();
-        try
-        {
-            foreach (var backend in graph.Backends())
-                drains.Add(await backend.DrainAsync(ct).ConfigureAwait(false));
-            await tx.PrepareAllAsync(actions, ct).ConfigureAwait(false);
-        }
-        finally
-        {
-            for (int i = drains.Count - 1; i >= 0; i--)
-                await drains[i].DisposeAsync().ConfigureAwait(false);
-        }
+        await using var drained = (await graph.DrainAllAsync(ct).ConfigureAwait(false)).ConfigureAwait(false);
+        await tx.PrepareAllAsync(actions, ct).ConfigureAwait(false);
     }
 
     private async ValueTask PrepareAllAsync(IReadOnlyList<ITransactionAction> actions, CancellationToken ct)

@@ -23,56 +23,19 @@ internal static class BlockCommands
         return await Args.Empty.ConfigureAwait(false);
     }
 
-    /// <summary>qmp_block_resize: the node by device or node-name, then a temporary backend taking the resize permission.</summary>
+    /// <summary>qmp_block_resize: the node by device or node-name and the size checked here, the rest in <see cref="NodeResize"/>.</summary>
     public static async ValueTask<JsonElement> BlockResizeAsync(QmpCommandContext c, JsonElement args, CancellationToken ct)
     {
         string? device = args.Str("device");
         string? nodeName = args.Str("node-name");
         long size = args.Long("size")!.Value;
-        // qsd has no named block backends: "device" never matches.
-        var node = (nodeName is null ? null : c.Daemon.Graph.Find(nodeName))
-            ?? throw new BlockException($"Cannot find device='{device}' nor node-name='{nodeName}'");
+        var node = c.Daemon.Graph.Lookup(device, nodeName);
         if (size < 0)
         {
             throw new QmpException(QmpError.Generic("Parameter 'size' expects a >0 size"));
         }
 
-        // QEMU's op blockers: a backing file cannot be resized (the blocker is reported under the device name, null here).
-        if (node.Parents.Any(p => p.Role == "backing"))
-        {
-            throw new BlockException($"Device '{device ?? "(null)"}' is in use");
-        }
-
-        var backend = new BlockBackend("an unnamed block device", node, BlockPermissions.Resize, BlockPermissions.All);
-        try
-        {
-            if (node.IsReadOnly)
-            {
-                throw new BlockException("Image is read-only");
-            }
-
-            if (node.Driver == "null-co")
-            {
-                throw new BlockException("Image format driver does not support resize");
-            }
-
-            if (node.Driver == "qcow2" && size % 512 != 0)
-            {
-                throw new BlockException("The new size must be a multiple of 512");
-            }
-
-            // The temporary backend holds the resize permission (no export may be using the node); it carries no I/O.
-            await node.ResizeAsync(size, allowShrink: true, ct: ct).ConfigureAwait(false);
-        }
-        catch (ArgumentException e)
-        {
-            throw new BlockException(e.Message);
-        }
-        finally
-        {
-            backend.Release();
-        }
-
+        await NodeResize.RunAsync(node, size, device, ct).ConfigureAwait(false);
         return await Args.Empty.ConfigureAwait(false);
     }
 

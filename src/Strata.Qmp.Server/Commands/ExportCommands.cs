@@ -1,4 +1,5 @@
 using System.Text.Json;
+using System.Text.Json.Nodes;
 using Strata.Block;
 using Strata.Server;
 
@@ -25,11 +26,6 @@ internal static class ExportCommands
         if (args.Str("tls-creds") is not null || args.Str("tls-authz") is not null)
         {
             throw new BlockException("TLS is not supported by strata-daemon");
-        }
-
-        if (address is UnixNbdAddress u && File.Exists(u.Path))
-        {
-            File.Delete(u.Path); // QEMU replaces a stale socket file
         }
 
         await c.Daemon.StartNbdServerAsync(address, (int)(args.ULong("max-connections") ?? 0), ct).ConfigureAwait(false);
@@ -60,14 +56,7 @@ internal static class ExportCommands
             throw new BlockException("Exporting dirty bitmaps is not supported by strata-daemon yet");
         }
 
-        c.Daemon.AddExport(new ExportRequest(
-            Id: args.ReqStr("id"),
-            NodeName: args.ReqStr("node-name"),
-            Name: args.Str("name"),
-            Description: args.Str("description"),
-            Writable: args.Bool("writable") ?? false,
-            AllocationDepth: args.Bool("allocation-depth") ?? false,
-            Writethrough: args.Bool("writethrough") ?? false));
+        c.Daemon.AddExport(ExportRequest.Read(new BlockOptions(JsonObject.Create(args)!)));
         return Args.Empty;
     }
 
