@@ -29,7 +29,6 @@ public readonly record struct LayerStatus(BdrvStatus Flags, long Length, long Ma
 public sealed class ChainStatus
 {
     private readonly List<(IImage Image, string Name)> _layers = [];
-    private readonly Dictionary<int, bool> _metadataPrealloc = [];
     private readonly Dictionary<int, RawL2Reader> _l2Readers = [];
 
     public ChainStatus(IImage top, string topName)
@@ -120,8 +119,7 @@ public sealed class ChainStatus
 
     private async ValueTask<(BdrvStatus, long, long)> Qcow2StatusAsync(int depth, Qcow2Image q, long offset, long bytes, CancellationToken ct)
     {
-        if (!_metadataPrealloc.TryGetValue(depth, out bool prealloc))
-            _metadataPrealloc[depth] = prealloc = await DetectMetadataPreallocationAsync(q, ct);
+        bool prealloc = await q.IsMetadataPreallocatedAsync(ct);
         if (q.Header.ExtendedL2)
         {
             // Extended L2 entries are read here, from the (unmodified, read-only) file, as qcow2_get_host_offset does.
@@ -169,48 +167,6 @@ public sealed class ChainStatus
                 break;
         }
         return (ret, pnum, map);
-    }
-
-    /// <summary>qcow2_detect_metadata_preallocation: more clusters have a refcount than the file has allocated.</summary>
-    private static async ValueTask<bool> DetectMetadataPreallocationAsync(Qcow2Image q, CancellationToken ct)
-    {
-        var h = q.Header;
-        var file = q.Storage;
-        long cs = h.ClusterSize;
-        long fileLength = file.Length;
-        long realClusters = file.AllocatedBytes / cs;
-        long threshold = Math.Max(realClusters * 10 / 9, realClusters + 2);
-        long endCluster = (fileLength + cs - 1) / cs;
-        long count = 0;
-        var table = new byte[(long)h.RefcountTableClusters * cs];
-        await file.ReadAsync(table, h.RefcountTableOffset, ct);
-        long perBlock = cs * 8 / h.RefcountBits;
-        var block = new byte[cs];
-        for (long ti = 0; ti * perBlock < endCluster && count < threshold && ti < table.Length / 8; ti++)
-        {
-            long off = (long)(BinaryPrimitives.ReadUInt64BigEndian(table.AsSpan((int)(ti * 8))) & 0xFFFFFFFFFFFFFE00UL);
-            if (off == 0)
-                continue;
-            await file.ReadAsync(block, off, ct);
-            long n = Math.Min(perBlock, endCluster - ti * perBlock);
-            for (long i = 0; i < n && count < threshold; i++)
-                if (RefcountNonZero(block, h.RefcountOrder, i))
-                    count++;
-        }
-        return count >= threshold;
-    }
-
-    private static bool RefcountNonZero(byte[] block, int order, long i)
-    {
-        switch (order)
-        {
-            case 0: return ((block[i / 8] >> (int)(i % 8)) & 1) != 0;
-            case 1: return ((block[i / 4] >> (int)(2 * (i % 4))) & 3) != 0;
-            case 2: return ((block[i / 2] >> (int)(4 * (i % 2))) & 15) != 0;
-            default:
-                int w = 1 << (order - 3);
-                return block.AsSpan((int)(i * w), w).ContainsAnyExcept((byte)0);
-        }
     }
 
     private enum SubclusterType { UnallocatedPlain, UnallocatedAlloc, ZeroPlain, ZeroAlloc, Normal, Compressed }

@@ -33,6 +33,14 @@ public static class Io
         Console.Error.Write($"{ProgramName}: {message}\n");
     }
 
+    /// <summary>qemu's error_report_err: the message, then the error's hint (text with its own line ends), if any.</summary>
+    public static void Error(string message, string? hint)
+    {
+        Error(message);
+        if (hint != null)
+            ErrorRaw(hint);
+    }
+
     /// <summary>qemu's error_printf: raw text to stderr.</summary>
     public static void ErrorRaw(string text)
     {

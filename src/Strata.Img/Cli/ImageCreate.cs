@@ -234,19 +234,7 @@ public static class ImageCreate
     /// <summary>Creates a qcow2 image file and returns it open (read-write).</summary>
     public static async Task<Qcow2Image> CreateQcow2ImageAsync(string filename, Qcow2CreateOptions o, CancellationToken ct)
     {
-        FileStorage file;
-        try
-        {
-            file = FileStorage.Create(filename, FileStorageOptions.Default);
-        }
-        catch (ImageLockException e)
-        {
-            throw new CreateException(e.Message, e.Hint is null ? null : e.Hint + "\n");
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            throw new CreateException($"Could not create '{filename}': {IoReason(e)}");
-        }
+        var file = CreateFile(filename);
         try
         {
             return await Qcow2Creator.CreateAsync(file, o, null, ct);
@@ -271,19 +259,7 @@ public static class ImageCreate
         long size = (long)(((opts.GetNumber("size") ?? 0) + 511) & ~511UL);
         string? p = opts.Get("preallocation");
         var prealloc = ParsePrealloc(p) ?? throw new CreateException($"invalid parameter value: {p}");
-        FileStorage file;
-        try
-        {
-            file = FileStorage.Create(filename, FileStorageOptions.Default);
-        }
-        catch (ImageLockException e)
-        {
-            throw new CreateException(e.Message, e.Hint is null ? null : e.Hint + "\n");
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            throw new CreateException($"Could not create '{filename}': {IoReason(e)}");
-        }
+        var file = CreateFile(filename);
         try
         {
             if (prealloc == Preallocation.Metadata)
@@ -306,6 +282,23 @@ public static class ImageCreate
         {
             await file.DisposeAsync();
             throw;
+        }
+    }
+
+    /// <summary>Creates (truncates) the image file, failing as QEMU's file-posix create does.</summary>
+    private static FileStorage CreateFile(string filename)
+    {
+        try
+        {
+            return FileStorage.Create(filename, FileStorageOptions.Default);
+        }
+        catch (ImageLockException e)
+        {
+            throw new CreateException(e.Message, e.Hint is null ? null : e.Hint + "\n");
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new CreateException($"Could not create '{filename}': {IoReason(e)}");
         }
     }
 

@@ -47,10 +47,8 @@ public static class ImageOpen
         }
         catch (ImageLockException e)
         {
-            // error_report_err: the message, then its hint on a line of its own.
-            Io.Error($"Could not open '{filename}': {e.Message}");
-            if (e.Hint != null)
-                Io.ErrorRaw(e.Hint + "\n");
+            // The hint goes on a line of its own.
+            Io.Error($"Could not open '{filename}': {e.Message}", e.Hint is null ? null : e.Hint + "\n");
             throw new ExitException(1);
         }
         catch (Exception e) when (e is ImageException or IOException or UnauthorizedAccessException)

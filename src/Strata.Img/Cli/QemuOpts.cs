@@ -16,6 +16,19 @@ public sealed class OptsException(string message, string? hint = null) : Excepti
 /// <summary>Creation option lists of the formats and of the file protocol, as QEMU 7.2 orders them.</summary>
 public static class OptLists
 {
+    /// <summary>QEMU's QCOW_COMMON_OPTIONS: the end of qcow2's creation list, and of its amend list.</summary>
+    public static readonly OptDesc[] Qcow2Common =
+    [
+        new("size", OptType.Size, "Virtual disk size"),
+        new("compat", OptType.String, "Compatibility level (v2 [0.10] or v3 [1.1])"),
+        new("backing_file", OptType.String, "File name of a base image"),
+        new("backing_fmt", OptType.String, "Image format of the base image"),
+        new("data_file", OptType.String, "File name of an external data file"),
+        new("data_file_raw", OptType.Bool, "The external data file must stay valid as a raw image"),
+        new("lazy_refcounts", OptType.Bool, "Postpone refcount updates", "off"),
+        new("refcount_bits", OptType.Number, "Width of a reference count entry in bits", "16"),
+    ];
+
     public static readonly OptDesc[] Qcow2 =
     [
         new("encryption", OptType.Bool, "Encrypt the image with format 'aes'. (Deprecated in favor of encrypt.format=aes)"),
@@ -31,14 +44,7 @@ public static class OptLists
         new("extended_l2", OptType.Bool, "Extended L2 tables", "off"),
         new("preallocation", OptType.String, "Preallocation mode (allowed values: off, metadata, falloc, full)"),
         new("compression_type", OptType.String, "Compression method used for image cluster compression", "zlib"),
-        new("size", OptType.Size, "Virtual disk size"),
-        new("compat", OptType.String, "Compatibility level (v2 [0.10] or v3 [1.1])"),
-        new("backing_file", OptType.String, "File name of a base image"),
-        new("backing_fmt", OptType.String, "Image format of the base image"),
-        new("data_file", OptType.String, "File name of an external data file"),
-        new("data_file_raw", OptType.Bool, "The external data file must stay valid as a raw image"),
-        new("lazy_refcounts", OptType.Bool, "Postpone refcount updates", "off"),
-        new("refcount_bits", OptType.Number, "Width of a reference count entry in bits", "16"),
+        .. Qcow2Common,
     ];
 
     public static readonly OptDesc[] Raw =

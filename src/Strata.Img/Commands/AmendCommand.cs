@@ -26,14 +26,7 @@ public static class AmendCommand
         new("encrypt.old-secret", OptType.String, "Select all keyslots that match this password"),
         new("encrypt.new-secret", OptType.String, "New secret to set in the matching keyslots. Empty string to erase"),
         new("encrypt.iter-time", OptType.Number, "Time to spend in PBKDF in milliseconds"),
-        new("size", OptType.Size, "Virtual disk size"),
-        new("compat", OptType.String, "Compatibility level (v2 [0.10] or v3 [1.1])"),
-        new("backing_file", OptType.String, "File name of a base image"),
-        new("backing_fmt", OptType.String, "Image format of the base image"),
-        new("data_file", OptType.String, "File name of an external data file"),
-        new("data_file_raw", OptType.Bool, "The external data file must stay valid as a raw image"),
-        new("lazy_refcounts", OptType.Bool, "Postpone refcount updates", "off"),
-        new("refcount_bits", OptType.Number, "Width of a reference count entry in bits", "16"),
+        .. OptLists.Qcow2Common,
     ];
 
     public static async Task<int> RunAsync(string[] args)
@@ -108,10 +101,8 @@ public static class AmendCommand
             }
             catch (OptsException e)
             {
-                Io.Error(e.Message);
-                if (e.Hint != null)
-                    Io.ErrorRaw(e.Hint);
-                else
+                Io.Error(e.Message, e.Hint);
+                if (e.Hint == null)
                 {
                     try
                     {
@@ -157,9 +148,7 @@ public static class AmendCommand
             catch (AmendException e)
             {
                 prog.Print(100, 0);
-                Io.Error(e.Message);
-                if (e.Hint != null)
-                    Io.ErrorRaw(e.Hint);
+                Io.Error(e.Message, e.Hint);
                 return 1;
             }
             catch (Exception e) when (e is ImageException or IOException or ArgumentException)

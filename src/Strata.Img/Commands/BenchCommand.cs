@@ -58,15 +58,7 @@ public static class BenchCommand
                 case 's': bufsize = Sizes.CvtNum("buffer size", o.Value!, 0, int.MaxValue); break;
                 case 'S': step = Sizes.CvtNum("step_size", o.Value!, 0, int.MaxValue); break;
                 case 't':
-                    switch (o.Value)
-                    {
-                        case "none" or "off": direct = true; break;
-                        case "directsync": direct = true; writethrough = true; break;
-                        case "writeback": break;
-                        case "unsafe": noFlush = true; break;
-                        case "writethrough": writethrough = true; break;
-                        default: throw Io.Fail("Invalid cache mode");
-                    }
+                    (direct, noFlush, writethrough) = ChainCli.ParseCacheMode(o.Value!) ?? throw Io.Fail("Invalid cache mode");
                     break;
                 case 'w': isWrite = true; break;
                 case 'U': forceShare = true; break;

@@ -99,9 +99,7 @@ public static class BitmapCommand
                 }
                 catch (BitmapException e)
                 {
-                    Io.Error($"Operation {op} on bitmap {name} failed: {e.Message}");
-                    if (e.Hint != null)
-                        Io.ErrorRaw(e.Hint);
+                    Io.Error($"Operation {op} on bitmap {name} failed: {e.Message}", e.Hint);
                     return 1;
                 }
                 catch (Exception e) when (e is ImageException or IOException)
@@ -225,9 +223,7 @@ public static class BitmapCommand
             }
             catch (BitmapException e)
             {
-                Io.Error($"Failed to populate bitmap {b.Name}: {e.Message}");
-                if (e.Hint != null)
-                    Io.ErrorRaw(e.Hint);
+                Io.Error($"Failed to populate bitmap {b.Name}: {e.Message}", e.Hint);
                 await dst.RemoveDirtyBitmapAsync(b.Name!);
                 return false;
             }

@@ -2,17 +2,17 @@ using Strata.Img.Cli;
 
 namespace Strata.Img.Commands;
 
-/// <summary>Command-line pieces shared by rebase, commit and amend.</summary>
+/// <summary>Command-line pieces shared by rebase, commit, amend and bench.</summary>
 internal static class ChainCli
 {
-    /// <summary>QEMU's bdrv_parse_cache_mode: (O_DIRECT, no flushes), or null for an unknown mode.</summary>
-    public static (bool Direct, bool NoFlush)? ParseCacheMode(string mode) => mode switch
+    /// <summary>QEMU's bdrv_parse_cache_mode: (O_DIRECT, no flushes, writethrough), or null for an unknown mode.</summary>
+    public static (bool Direct, bool NoFlush, bool Writethrough)? ParseCacheMode(string mode) => mode switch
     {
-        "off" or "none" => (true, false),
-        "directsync" => (true, false),
-        "writeback" => (false, false),
-        "unsafe" => (false, true),
-        "writethrough" => (false, false),
+        "off" or "none" => (true, false, false),
+        "directsync" => (true, false, true),
+        "writeback" => (false, false, false),
+        "unsafe" => (false, true, false),
+        "writethrough" => (false, false, true),
         _ => null,
     };
 

@@ -127,24 +127,21 @@ public static class CheckCommand
         d.Put("filename", filename);
         d.Put("format", format);
         d.Put("check-errors", c.CheckErrors);
-        if (c.ImageEndOffset != 0)
-            d.Put("image-end-offset", c.ImageEndOffset);
-        if (c.Corruptions != 0)
-            d.Put("corruptions", c.Corruptions);
-        if (c.Leaks != 0)
-            d.Put("leaks", c.Leaks);
-        if (c.CorruptionsFixed != 0)
-            d.Put("corruptions-fixed", c.CorruptionsFixed);
-        if (c.LeaksFixed != 0)
-            d.Put("leaks-fixed", c.LeaksFixed);
-        if (c.TotalClusters != 0)
-            d.Put("total-clusters", c.TotalClusters);
-        if (c.AllocatedClusters != 0)
-            d.Put("allocated-clusters", c.AllocatedClusters);
-        if (c.FragmentedClusters != 0)
-            d.Put("fragmented-clusters", c.FragmentedClusters);
-        if (c.CompressedClusters != 0)
-            d.Put("compressed-clusters", c.CompressedClusters);
+        PutNonZero("image-end-offset", c.ImageEndOffset);
+        PutNonZero("corruptions", c.Corruptions);
+        PutNonZero("leaks", c.Leaks);
+        PutNonZero("corruptions-fixed", c.CorruptionsFixed);
+        PutNonZero("leaks-fixed", c.LeaksFixed);
+        PutNonZero("total-clusters", c.TotalClusters);
+        PutNonZero("allocated-clusters", c.AllocatedClusters);
+        PutNonZero("fragmented-clusters", c.FragmentedClusters);
+        PutNonZero("compressed-clusters", c.CompressedClusters);
         return d;
+
+        void PutNonZero(string key, long value)
+        {
+            if (value != 0)
+                d.Put(key, value);
+        }
     }
 }

@@ -137,7 +137,7 @@ public static class CommitCommand
         public void Restore() => layer?.SetBacking(original);
     }
 
-    private static async Task<WritableBase> ReopenWritableAsync(IImage baseImage, (bool Direct, bool NoFlush) mode)
+    private static async Task<WritableBase> ReopenWritableAsync(IImage baseImage, (bool Direct, bool NoFlush, bool Writethrough) mode)
     {
         var writable = await ImageOpener.OpenAsync(baseImage.FileName, new ImageOpenOptions
         {

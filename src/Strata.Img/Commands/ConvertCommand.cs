@@ -214,26 +214,14 @@ public static class ConvertCommand
             QemuOpts? qopts = null;
             if (!skipCreate)
             {
-                var descs = OptLists.ForFormat(outFmt!);
-                if (descs == null)
+                try
                 {
-                    Io.Error($"Unknown file format '{outFmt}'");
-                    return 1;
+                    qopts = ImageCreate.ParseOptions(outFmt!, options);
                 }
-                qopts = new QemuOpts(OptLists.Append(descs, OptLists.File));
-                if (options != null)
+                catch (CreateException e)
                 {
-                    try
-                    {
-                        qopts.Parse(options);
-                    }
-                    catch (OptsException e)
-                    {
-                        Io.Error(e.Message);
-                        if (e.Hint != null)
-                            Io.ErrorRaw(e.Hint);
-                        return 1;
-                    }
+                    Io.Error(e.Message, e.Hint);
+                    return 1;
                 }
                 qopts.SetNumber("size", st.TotalSectors * SectorSize);
                 if (outBaseimg != null)
@@ -313,9 +301,7 @@ public static class ConvertCommand
                 }
                 catch (CreateException e)
                 {
-                    Io.Error($"{outFilename}: error while converting {outFmt}: {e.Message}");
-                    if (e.Hint != null)
-                        Io.ErrorRaw(e.Hint);
+                    Io.Error($"{outFilename}: error while converting {outFmt}: {e.Message}", e.Hint);
                     return 1;
                 }
                 catch (ExitException)

@@ -51,9 +51,7 @@ public static class CreateCommand
         }
         catch (CreateException e)
         {
-            Io.Error($"{filename}: {e.Message}");
-            if (e.Hint != null)
-                Io.ErrorRaw(e.Hint);
+            Io.Error($"{filename}: {e.Message}", e.Hint);
             return 1;
         }
         return 0;

@@ -44,14 +44,7 @@ public static class MeasureCommand
                     break;
                 case 'l': snapshot = SnapshotParam.Parse(o.Value!); break;
                 case 'U': forceShare = true; break;
-                case OptOutput:
-                    json = o.Value switch
-                    {
-                        "json" => true,
-                        "human" => false,
-                        _ => throw Io.Fail("--output must be used with human or json as argument."),
-                    };
-                    break;
+                case OptOutput: json = Io.ParseOutputFormat(o.Value); break; // checked at once, as img_measure does
                 case OptSize: imgSize = Sizes.CvtNum("image size", o.Value!); break;
             }
         }
@@ -74,21 +67,17 @@ public static class MeasureCommand
                 img = null;
                 img = await snapshot.LoadAsync(snapshotBase);
             }
-            var descs = OptLists.ForFormat(outFmt) ?? throw Io.Fail($"Unknown file format '{outFmt}'");
-            var qopts = new QemuOpts(OptLists.Append(descs, OptLists.File));
-            if (options != null)
+            if (OptLists.ForFormat(outFmt) == null)
+                throw Io.Fail($"Unknown file format '{outFmt}'");
+            QemuOpts qopts;
+            try
             {
-                try
-                {
-                    qopts.Parse(options);
-                }
-                catch (OptsException e)
-                {
-                    Io.Error(e.Message);
-                    if (e.Hint != null)
-                        Io.ErrorRaw(e.Hint);
-                    throw Io.Fail($"Invalid options for file format '{outFmt}'");
-                }
+                qopts = ImageCreate.ParseOptions(outFmt, options);
+            }
+            catch (CreateException e)
+            {
+                Io.Error(e.Message, e.Hint);
+                throw Io.Fail($"Invalid options for file format '{outFmt}'");
             }
             if (imgSize != -1)
                 qopts.SetNumber("size", imgSize);

@@ -66,9 +66,7 @@ public static class ResizeCommand
         }
         catch (OptsException e)
         {
-            Io.Error(e.Message);
-            if (e.Hint != null)
-                Io.ErrorRaw(e.Hint);
+            Io.Error(e.Message, e.Hint);
             return 1;
         }
         long n = (long)param.GetNumber("size")!.Value;

@@ -14,12 +14,11 @@ internal readonly record struct ChainExtent(long Length, bool Data, bool Zero, i
 /// Block status of a whole backing chain, computed as QEMU 7.2's bdrv_block_status_above(): walk down while a
 /// layer leaves the range unallocated, clamping the length to each layer's answer. With <c>wantZero</c>, a data
 /// range of a qcow2 layer is refined by the host file's holes (QEMU's BDRV_BLOCK_RECURSE) when that layer looks
-/// metadata-preallocated — the same heuristic as qcow2_detect_metadata_preallocation(), computed once per image.
+/// metadata-preallocated (<see cref="Qcow2Image.IsMetadataPreallocatedAsync"/>).
 /// Belongs in the block layer; lives here until Strata.Block offers it.
 /// </summary>
 internal sealed class ChainStatus
 {
-    private readonly ConditionalWeakTable<IImage, StrongBox<bool>> _recurse = [];
     private readonly bool? _forceRecurse;
 
     /// <param name="probeStorageHoles">null: QEMU's heuristic; true/false: always/never refine data by host holes.</param>
@@ -45,7 +44,7 @@ internal sealed class ChainStatus
             switch (s.State)
             {
                 case BlockState.Data:
-                    if (wantZero && s.HostOffset is long host && !s.Compressed && ShouldRecurse(image))
+                    if (wantZero && s.HostOffset is long host && !s.Compressed && await ShouldRecurseAsync(image, ct).ConfigureAwait(false))
                     {
                         var storage = image.Storage;
                         var e = await storage.GetExtentAsync(host, n, ct).ConfigureAwait(false);
@@ -72,36 +71,12 @@ internal sealed class ChainStatus
         }
     }
 
-    private bool ShouldRecurse(IImage image)
+    private ValueTask<bool> ShouldRecurseAsync(IImage image, CancellationToken ct)
     {
         if (_forceRecurse is bool forced)
-            return forced;
+            return ValueTask.FromResult(forced);
         if (image.FormatImage is not Qcow2Image q)
-            return false; // raw answers from the file already
-        if (_recurse.TryGetValue(image, out var known))
-            return known.Value;
-        bool value = LooksMetadataPreallocated(q);
-        _recurse.AddOrUpdate(image, new StrongBox<bool>(value));
-        return value;
-    }
-
-    /// <summary>
-    /// QEMU: the image counts as metadata-preallocated when the clusters in use reach 10/9 of (and 2 more than) the
-    /// clusters the host file really occupies. Clusters in use are approximated by the file length here.
-    /// </summary>
-    private static bool LooksMetadataPreallocated(Qcow2Image q)
-    {
-        try
-        {
-            long cs = q.ClusterSize;
-            long real = q.Storage.AllocatedBytes / cs;
-            long used = (q.Storage.Length + cs - 1) / cs;
-            long threshold = Math.Max(real * 10 / 9, real + 2);
-            return used >= threshold;
-        }
-        catch (IOException)
-        {
-            return false;
-        }
+            return ValueTask.FromResult(false); // raw answers from the file already
+        return q.IsMetadataPreallocatedAsync(ct);
     }
 }
