@@ -9,33 +9,11 @@
 #
 # Needs qemu-img and qemu-io; builds strata-img (Release) unless STRATA_IMG points at a binary.
 set -euo pipefail
-here=$(cd "$(dirname "$0")" && pwd)
-root=$(dirname "$here")
-REPS=${REPS:-3}
 BENCH_COUNT=${BENCH_COUNT:-200000}
-WORK=${WORK:-/var/tmp/strata-bench}
-QEMU_IMG=${QEMU_IMG:-qemu-img}
-mkdir -p "$WORK"
-
-if [[ -z ${STRATA_IMG:-} ]]; then
-    dotnet build "$root/src/Strata.Img" -c Release -o "$WORK/strata-img-bin" >"$WORK.build.log" 2>&1 \
-        || { cat "$WORK.build.log"; exit 1; }
-    STRATA_IMG="$WORK/strata-img-bin/strata-img"
-fi
+source "$(dirname "$0")/lib.sh"
+locate_strata_img build
 W=$(mktemp -d "$WORK/bitmap.XXXXXX")
 trap 'rm -rf "$W"' EXIT
-
-median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
-# time_cmd PREP CMD...: runs PREP (untimed) then CMD, REPS times; prints the median seconds.
-time_cmd() {
-    local prep=$1; shift
-    for _ in $(seq "$REPS"); do
-        eval "$prep"
-        local t0 t1
-        t0=$(date +%s.%N); "$@" >/dev/null; t1=$(date +%s.%N)
-        echo "$t1 - $t0" | bc
-    done | median
-}
 
 "$QEMU_IMG" create -q -f qcow2 -o preallocation=metadata "$W/plain.qcow2" 1G
 cp "$W/plain.qcow2" "$W/tracked.qcow2"
@@ -45,19 +23,18 @@ cp "$W/plain.qcow2" "$W/tracked.qcow2"
 zargs=(); for g in $(seq 0 63); do zargs+=(-c "write -z ${g}G 1G"); done
 qemu-io "${zargs[@]}" "$W/dirty.qcow2" >/dev/null
 
-rows=()
 for img in plain tracked; do
     q=$(time_cmd "cp $W/$img.qcow2 $W/x.qcow2" "$QEMU_IMG" bench -w -t none -c "$BENCH_COUNT" -s 4k -S 4096 -d 16 "$W/x.qcow2")
     s=$(time_cmd "cp $W/$img.qcow2 $W/x.qcow2" "$STRATA_IMG" bench -w -t none -c "$BENCH_COUNT" -s 4k -S 4096 -d 16 "$W/x.qcow2")
-    rows+=("| bench -w 4k d16, $img | $q | $s | $(echo "scale=2; $q / $s" | bc) |")
+    rows+=("| bench -w 4k d16, $img | $q | $s | $(ratio "$q" "$s") |")
 done
 q=$(time_cmd "cp $W/dirty.qcow2 $W/y.qcow2" "$QEMU_IMG" bitmap --clear "$W/y.qcow2" b)
 s=$(time_cmd "cp $W/dirty.qcow2 $W/y.qcow2" "$STRATA_IMG" bitmap --clear "$W/y.qcow2" b)
-rows+=("| bitmap --clear, 1M-bit dirty bitmap | $q | $s | $(echo "scale=2; $q / $s" | bc) |")
+rows+=("| bitmap --clear, 1M-bit dirty bitmap | $q | $s | $(ratio "$q" "$s") |")
 # Process start-up alone (the load and store above are a few ms of it).
 q=$(time_cmd ":" "$QEMU_IMG" info "$W/dirty.qcow2")
 s=$(time_cmd ":" "$STRATA_IMG" info "$W/dirty.qcow2")
-rows+=("| info (start-up baseline) | $q | $s | $(echo "scale=2; $q / $s" | bc) |")
+rows+=("| info (start-up baseline) | $q | $s | $(ratio "$q" "$s") |")
 
 echo "| case | qemu-img s | strata-img s | qemu/strata |"
 echo "|---|---|---|---|"

@@ -10,40 +10,11 @@
 # Needs qemu-img and qemu-io; publishes strata-img with NativeAOT (falls back to a Release build) unless
 # STRATA_IMG points at a binary.
 set -euo pipefail
-here=$(cd "$(dirname "$0")" && pwd)
-root=$(dirname "$here")
 SIZE_MB=${SIZE_MB:-1024}
-REPS=${REPS:-3}
-WORK=${WORK:-/var/tmp/strata-bench}
-QEMU_IMG=${QEMU_IMG:-qemu-img}
-mkdir -p "$WORK"
-
-if [[ -z ${STRATA_IMG:-} ]]; then
-    dotnet publish "$root/src/Strata.Img" -c Release -o "$WORK/strata-img-bin" -p:PublishAot=true >"$WORK.build.log" 2>&1 \
-        || dotnet build "$root/src/Strata.Img" -c Release -o "$WORK/strata-img-bin" >"$WORK.build.log" 2>&1 \
-        || { cat "$WORK.build.log"; exit 1; }
-    STRATA_IMG="$WORK/strata-img-bin/strata-img"
-fi
+source "$(dirname "$0")/lib.sh"
+locate_strata_img
 W=$(mktemp -d "$WORK/chain.XXXXXX")
 trap 'rm -rf "$W"' EXIT
-
-rows=()
-median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
-# time_cmd DIR PREP CMD...: runs PREP (untimed) then CMD in DIR, REPS times; prints the median seconds.
-time_cmd() {
-    local dir=$1 prep=$2; shift 2
-    for _ in $(seq "$REPS"); do
-        (cd "$dir" && eval "$prep")
-        local t0 t1
-        t0=$(date +%s.%N); (cd "$dir" && "$@" >/dev/null); t1=$(date +%s.%N)
-        awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.4f\n", b - a }'
-    done | median
-}
-record() { # figure qemu_seconds strata_seconds
-    local ratio; ratio=$(awk -v q="$2" -v s="$3" 'BEGIN { printf "%.2f", q / s }')
-    rows+=("| $1 | $(printf %.3f "$2") | $(printf %.3f "$3") | $ratio |")
-    echo "$1: qemu-img $2 s, strata-img $3 s, ratio $ratio" >&2
-}
 
 # Templates: base (first half written), other (a different backing: every other 64 MiB stripe differs from base),
 # top over base (the whole disk written: the commit case), top2 over base (a quarter written: the rebase case).
@@ -62,19 +33,16 @@ qemu-io -c "write -P 0x78 $((SIZE_MB / 4))M $((SIZE_MB / 4))M" "$T/top2.qcow2" >
 for tool in qemu strata; do mkdir -p "$W/$tool"; done
 prep="rm -f *.qcow2; cp $T/*.qcow2 .; cat *.qcow2 >/dev/null"
 
-q=$(time_cmd "$W/qemu" "$prep" "$QEMU_IMG" commit top.qcow2)
-s=$(time_cmd "$W/strata" "$prep" "$STRATA_IMG" commit top.qcow2)
+q=$(cd "$W/qemu" && time_cmd "$prep" "$QEMU_IMG" commit top.qcow2)
+s=$(cd "$W/strata" && time_cmd "$prep" "$STRATA_IMG" commit top.qcow2)
 "$QEMU_IMG" compare -q "$W/qemu/base.qcow2" "$W/strata/base.qcow2" || { echo "commit results differ" >&2; exit 1; }
 "$QEMU_IMG" check -q "$W/strata/base.qcow2" && "$QEMU_IMG" check -q "$W/strata/top.qcow2"
 record "commit of a written ${SIZE_MB} MiB overlay" "$q" "$s"
 
-q=$(time_cmd "$W/qemu" "$prep" "$QEMU_IMG" rebase -b other.qcow2 -F qcow2 top2.qcow2)
-s=$(time_cmd "$W/strata" "$prep" "$STRATA_IMG" rebase -b other.qcow2 -F qcow2 top2.qcow2)
+q=$(cd "$W/qemu" && time_cmd "$prep" "$QEMU_IMG" rebase -b other.qcow2 -F qcow2 top2.qcow2)
+s=$(cd "$W/strata" && time_cmd "$prep" "$STRATA_IMG" rebase -b other.qcow2 -F qcow2 top2.qcow2)
 "$QEMU_IMG" compare -q "$W/qemu/top2.qcow2" "$W/strata/top2.qcow2" || { echo "rebase results differ" >&2; exit 1; }
 "$QEMU_IMG" check -q "$W/strata/top2.qcow2"
 record "safe rebase of a ${SIZE_MB} MiB overlay onto another backing" "$q" "$s"
 
-echo
-echo "| figure | qemu-img (s) | strata-img (s) | ratio qemu/strata |"
-echo "|---|---|---|---|"
-printf '%s\n' "${rows[@]}"
+print_rows

@@ -10,42 +10,13 @@
 #
 # Needs qemu-img and qemu-io; builds strata-img (Release) unless STRATA_IMG points at a binary.
 set -euo pipefail
-here=$(cd "$(dirname "$0")" && pwd)
-root=$(dirname "$here")
 SIZE_MB=${SIZE_MB:-2048}
-REPS=${REPS:-3}
 PARTS=${PARTS:-"convert bench"}
 BENCH_COUNT=${BENCH_COUNT:-200000}
-WORK=${WORK:-/var/tmp/strata-bench}
-QEMU_IMG=${QEMU_IMG:-qemu-img}
-
-if [[ -z ${STRATA_IMG:-} ]]; then
-    dotnet publish "$root/src/Strata.Img" -c Release -o "$WORK/strata-img-bin" -p:PublishAot=true >"$WORK.build.log" 2>&1 \
-        || dotnet build "$root/src/Strata.Img" -c Release -o "$WORK/strata-img-bin" >"$WORK.build.log" 2>&1 \
-        || { cat "$WORK.build.log"; exit 1; }
-    STRATA_IMG="$WORK/strata-img-bin/strata-img"
-fi
-mkdir -p "$WORK"
+source "$(dirname "$0")/lib.sh"
+locate_strata_img
 W=$(mktemp -d "$WORK/run.XXXXXX")
 trap 'rm -rf "$W"' EXIT
-
-rows=()
-median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
-# time_cmd PREP CMD...: runs PREP (untimed) then CMD, REPS times; prints the median seconds.
-time_cmd() {
-    local prep=$1; shift
-    for _ in $(seq "$REPS"); do
-        eval "$prep"
-        local t0 t1
-        t0=$(date +%s.%N); "$@" >/dev/null; t1=$(date +%s.%N)
-        awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.4f\n", b - a }'
-    done | median
-}
-record() { # figure qemu_seconds strata_seconds
-    local ratio; ratio=$(awk -v q="$2" -v s="$3" 'BEGIN { printf "%.2f", q / s }')
-    rows+=("| $1 | $(printf %.3f "$2") | $(printf %.3f "$3") | $ratio |")
-    echo "$1: qemu-img $2 s, strata-img $3 s, ratio $ratio" >&2
-}
 
 mixed_raw() { # a SIZE_MB image: per 4 MiB stripe random data, a pattern, a hole, text-like data
     local f=$1 i
@@ -98,7 +69,4 @@ if [[ " $PARTS " == *" bench "* ]]; then
     done
 fi
 
-echo
-echo "| figure | qemu-img (s) | strata-img (s) | ratio qemu/strata |"
-echo "|---|---|---|---|"
-printf '%s\n' "${rows[@]}"
+print_rows

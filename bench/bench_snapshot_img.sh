@@ -10,29 +10,11 @@
 #
 # Needs qemu-img and qemu-io; builds strata-img (Release) unless STRATA_IMG points at a binary.
 set -euo pipefail
-here=$(cd "$(dirname "$0")" && pwd)
-root=$(dirname "$here")
 SIZE_MB=${SIZE_MB:-4096}
-REPS=${REPS:-3}
-WORK=${WORK:-/var/tmp/strata-bench}
-QEMU_IMG=${QEMU_IMG:-qemu-img}
-
-mkdir -p "$WORK"
-if [[ -z ${STRATA_IMG:-} ]]; then
-    dotnet publish "$root/src/Strata.Img" -c Release -o "$WORK/strata-img-bin" -p:PublishAot=true >"$WORK.build.log" 2>&1 \
-        || dotnet build "$root/src/Strata.Img" -c Release -o "$WORK/strata-img-bin" >"$WORK.build.log" 2>&1 \
-        || { cat "$WORK.build.log"; exit 1; }
-    STRATA_IMG="$WORK/strata-img-bin/strata-img"
-fi
+source "$(dirname "$0")/lib.sh"
+locate_strata_img
 W=$(mktemp -d "$WORK/snap.XXXXXX")
 trap 'rm -rf "$W"' EXIT
-
-median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
-seconds() { # CMD...: prints the seconds it took
-    local t0 t1
-    t0=$(date +%s.%N); "$@" >/dev/null; t1=$(date +%s.%N)
-    awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.4f\n", b - a }'
-}
 
 "$QEMU_IMG" create -q -f qcow2 "$W/full.qcow2" "${SIZE_MB}M"
 # qemu-io takes at most 2 GiB per request: write in 256 MiB pieces.
@@ -73,5 +55,5 @@ echo "| snapshot on a full ${SIZE_MB} MiB qcow2 | qemu-img (s) | strata-img (s) 
 echo "|---|---|---|---|"
 for op in create apply delete; do
     q=${t[qemu.$op]} s=${t[strata.$op]}
-    printf '| snapshot %s | %.3f | %.3f | %s |\n' "$op" "$q" "$s" "$(awk -v q="$q" -v s="$s" 'BEGIN { printf "%.2f", q / s }')"
+    printf '| snapshot %s | %.3f | %.3f | %s |\n' "$op" "$q" "$s" "$(ratio "$q" "$s")"
 done

@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Text.Json.Nodes;
 using Strata.Block.Drivers;
 using Xunit;
@@ -8,15 +7,7 @@ namespace Strata.Block.Tests;
 /// <summary>blockdev-add / blockdev-del semantics of the graph, with QEMU's messages.</summary>
 public sealed class BlockGraphTests
 {
-    private static void QemuImg(params string[] args)
-    {
-        var psi = new ProcessStartInfo("qemu-img") { RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (var a in args)
-            psi.ArgumentList.Add(a);
-        using var p = Process.Start(psi) ?? throw new InvalidOperationException("qemu-img not found: install qemu-utils");
-        p.WaitForExit();
-        Assert.True(p.ExitCode == 0, p.StandardError.ReadToEnd());
-    }
+    private static void QemuImg(params string[] args) => QemuTools.QemuImg(args).EnsureSuccess();
 
     private static JsonObject Json(string s) => JsonNode.Parse(s)!.AsObject();
 

@@ -24,7 +24,7 @@ if (args.Length is not (4 or 6))
 
 string path = args[0];
 long size = long.Parse(args[1], CultureInfo.InvariantCulture);
-var options = ParseOptions(args[2]) with
+var options = CrashWriterOptions.Parse(args[2]) with
 {
     Size = size,
     BackingFile = args.Length == 6 ? args[4] : null,
@@ -184,25 +184,3 @@ if (flush != null)
     await flush;
 await img.DisposeAsync();
 return 0;
-
-static Qcow2CreateOptions ParseOptions(string opts)
-{
-    var o = new Qcow2CreateOptions();
-    if (opts == "-")
-        return o;
-    foreach (var kv in opts.Split(',', StringSplitOptions.RemoveEmptyEntries))
-    {
-        var parts = kv.Split('=');
-        string k = parts[0], v = parts[1];
-        o = k switch
-        {
-            "compat" => o with { Version = v == "0.10" ? 2 : 3 },
-            "cluster_size" => o with { ClusterSize = int.Parse(v, CultureInfo.InvariantCulture) },
-            "refcount_bits" => o with { RefcountBits = int.Parse(v, CultureInfo.InvariantCulture) },
-            "extended_l2" => o with { ExtendedL2 = v == "on" },
-            "lazy_refcounts" => o with { LazyRefcounts = v == "on" },
-            _ => throw new ArgumentException($"unknown option {k}"),
-        };
-    }
-    return o;
-}

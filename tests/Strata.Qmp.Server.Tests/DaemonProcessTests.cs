@@ -125,7 +125,7 @@ public sealed class DaemonProcessTests(ITestOutputHelper output)
                 "--nbd-server", $"addr.type=unix,addr.path={sock}",
                 "--export", "type=nbd,id=e0,node-name=d0,name=d0",
             ];
-            using var daemon = strata ? StartDaemon(dir.Path, args) : new DaemonProcess(Process.Start(Psi("qemu-storage-daemon", dir.Path, args))!);
+            using var daemon = strata ? StartDaemon(dir.Path, args) : new BackgroundProcess(Psi("qemu-storage-daemon", dir.Path, args), "qemu-storage-daemon");
             await WaitForSocketsAsync(daemon, sock);
             var map = QemuTools.Run("nbdinfo", "--map", $"nbd+unix:///d0?socket={sock}");
             Assert.True(map.ExitCode == 0, map.ToString());
@@ -137,13 +137,7 @@ public sealed class DaemonProcessTests(ITestOutputHelper output)
 
     private static ProcessStartInfo Psi(string program, string workingDirectory, IReadOnlyList<string> args)
     {
-        var psi = new ProcessStartInfo(program)
-        {
-            WorkingDirectory = workingDirectory,
-            RedirectStandardOutput = true,
-            RedirectStandardError = true,
-            UseShellExecute = false,
-        };
+        var psi = new ProcessStartInfo(program) { WorkingDirectory = workingDirectory };
         foreach (var a in args)
             psi.ArgumentList.Add(a);
         return psi;
@@ -151,21 +145,18 @@ public sealed class DaemonProcessTests(ITestOutputHelper output)
 
     private static string Tail(string s) => s.Length > 4000 ? s[^4000..] : s;
 
-    private static DaemonProcess StartDaemon(string workingDirectory, IReadOnlyList<string> args)
-    {
-        var psi = Psi("dotnet", workingDirectory, [Daemons.StrataDll, .. args]);
-        return new DaemonProcess(Process.Start(psi) ?? throw new InvalidOperationException("strata-daemon did not start"));
-    }
+    private static BackgroundProcess StartDaemon(string workingDirectory, IReadOnlyList<string> args) =>
+        new(Psi("dotnet", workingDirectory, [Daemons.StrataDll, .. args]), "strata-daemon");
 
-    private static async Task WaitForSocketsAsync(DaemonProcess daemon, params string[] sockets)
+    private static async Task WaitForSocketsAsync(BackgroundProcess daemon, params string[] sockets)
     {
         var sw = Stopwatch.StartNew();
         while (!sockets.All(File.Exists))
         {
             if (daemon.HasExited)
-                throw new InvalidOperationException($"strata-daemon exited with {daemon.ExitCode}: {daemon.StandardError}");
+                throw new InvalidOperationException($"{daemon.Name} exited with {daemon.ExitCode}: {daemon.StandardError}");
             if (sw.Elapsed > TimeSpan.FromSeconds(30))
-                throw new TimeoutException($"strata-daemon did not open {string.Join(", ", sockets)} in 30 s: {daemon.StandardError}");
+                throw new TimeoutException($"{daemon.Name} did not open {string.Join(", ", sockets)} in 30 s: {daemon.StandardError}");
             await Task.Delay(50);
         }
     }
@@ -184,51 +175,5 @@ public sealed class DaemonProcessTests(ITestOutputHelper output)
             replies.AppendLine(await reader.ReadLineAsync());
         }
         return replies.ToString();
-    }
-
-    /// <summary>A strata-daemon process whose output is collected; killed on dispose if still running.</summary>
-    private sealed class DaemonProcess : IDisposable
-    {
-        private readonly Process _p;
-        private readonly StringBuilder _out = new(), _err = new();
-
-        public DaemonProcess(Process p)
-        {
-            _p = p;
-            p.OutputDataReceived += (_, e) => { lock (_out) _out.AppendLine(e.Data); };
-            p.ErrorDataReceived += (_, e) => { lock (_err) _err.AppendLine(e.Data); };
-            p.BeginOutputReadLine();
-            p.BeginErrorReadLine();
-        }
-
-        public bool HasExited => _p.HasExited;
-        public int ExitCode => _p.ExitCode;
-        public string StandardOutput { get { lock (_out) return _out.ToString(); } }
-        public string StandardError { get { lock (_err) return _err.ToString(); } }
-
-        public async Task SignalAndWaitAsync(string signal)
-        {
-            using (var kill = Process.Start("kill", ["-" + signal, _p.Id.ToString(System.Globalization.CultureInfo.InvariantCulture)]))
-                await kill.WaitForExitAsync();
-            using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(30));
-            try
-            {
-                await _p.WaitForExitAsync(cts.Token);
-            }
-            catch (OperationCanceledException)
-            {
-                throw new TimeoutException($"strata-daemon did not stop within 30 s of SIG{signal}: {StandardError}");
-            }
-        }
-
-        public void Dispose()
-        {
-            if (!_p.HasExited)
-            {
-                _p.Kill();
-                _p.WaitForExit();
-            }
-            _p.Dispose();
-        }
     }
 }

@@ -11,12 +11,11 @@ namespace Strata.Interop.Tests.Locking;
 /// </summary>
 public sealed class LockDaemon : IAsyncDisposable
 {
-    private readonly Process _process;
-    private readonly StringBuilder _stderr = new();
+    private readonly BackgroundProcess _process;
     private Socket? _qmp;
     private StreamReader? _reader;
 
-    private LockDaemon(Process process, string socket)
+    private LockDaemon(BackgroundProcess process, string socket)
     {
         _process = process;
         SocketPath = socket;
@@ -26,14 +25,7 @@ public sealed class LockDaemon : IAsyncDisposable
     public bool HasExited => _process.HasExited;
     public int ExitCode => _process.ExitCode;
 
-    public string StandardError
-    {
-        get
-        {
-            lock (_stderr)
-                return _stderr.ToString();
-        }
-    }
+    public string StandardError => _process.StandardError;
 
     /// <summary>The strata-daemon built with these tests (copied next to them by the project reference).</summary>
     public static string StrataDll
@@ -58,23 +50,10 @@ public sealed class LockDaemon : IAsyncDisposable
             psi.ArgumentList.Add(a);
         foreach (var a in new[] { "--chardev", $"socket,path={socket},server=on,wait=off,id=lockmon", "--monitor", "chardev=lockmon", "--pidfile", pidfile })
             psi.ArgumentList.Add(a);
-        psi.RedirectStandardError = true;
-        psi.RedirectStandardOutput = true;
-        psi.UseShellExecute = false;
         psi.WorkingDirectory = dir;
         psi.Environment["LC_ALL"] = "C";
-        var process = new Process { StartInfo = psi };
+        var process = new BackgroundProcess(psi);
         var daemon = new LockDaemon(process, socket);
-        process.ErrorDataReceived += (_, e) =>
-        {
-            if (e.Data is not null)
-                lock (daemon._stderr)
-                    daemon._stderr.Append(e.Data).Append('\n');
-        };
-        process.OutputDataReceived += (_, _) => { };
-        process.Start();
-        process.BeginErrorReadLine();
-        process.BeginOutputReadLine();
         var clock = Stopwatch.StartNew();
         while (!File.Exists(pidfile) && !process.HasExited)
         {
@@ -121,17 +100,6 @@ public sealed class LockDaemon : IAsyncDisposable
     {
         _reader?.Dispose();
         _qmp?.Dispose();
-        try
-        {
-            if (!_process.HasExited)
-            {
-                _process.Kill(entireProcessTree: true);
-                await _process.WaitForExitAsync();
-            }
-        }
-        catch (InvalidOperationException)
-        {
-        }
-        _process.Dispose();
+        await _process.DisposeAsync();
     }
 }

@@ -1,6 +1,4 @@
-using System.Diagnostics;
 using System.Globalization;
-using System.Text;
 using System.Text.Json;
 using Strata.Images.Qcow2;
 using Strata.Images.Storage;
@@ -65,7 +63,7 @@ public sealed class SnapshotCrashTests(ITestOutputHelper output)
         string opts = Configs[kill % Configs.Length];
         string image = dir.Combine($"k{kill}.qcow2");
         string run = $"{mode} kill {kill} ({opts}, child seed {childSeed}, {delayMs} ms)";
-        var (lines, early) = await RunAndKillAsync(["snapshot", mode, image, Size.ToString(CultureInfo.InvariantCulture), opts, childSeed.ToString(CultureInfo.InvariantCulture)], delayMs);
+        var (lines, early) = await CrashWriterChild.RunAndKillAsync(["snapshot", mode, image, Size.ToString(CultureInfo.InvariantCulture), opts, childSeed.ToString(CultureInfo.InvariantCulture)], delayMs);
         if (early != null)
             return ($"{run}: {early}", false, false);
         var m = Replay(lines);
@@ -197,66 +195,5 @@ public sealed class SnapshotCrashTests(ITestOutputHelper output)
         if (!Matches(m.Active) && !(m.ActiveAfter != null && Matches(m.ActiveAfter)))
             return "the active disk (as qemu-img reads it) is neither the state before nor after the operation";
         return null;
-    }
-
-    private static async Task<(List<string> Lines, string? Problem)> RunAndKillAsync(string[] args, int delayMs)
-    {
-        var (exe, prefix) = ChildCommand();
-        var psi = new ProcessStartInfo(exe) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        foreach (var a in prefix.Concat(args))
-            psi.ArgumentList.Add(a);
-        using var p = new Process { StartInfo = psi };
-        p.Start();
-        var text = new StringBuilder();
-        var ready = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        var reader = Task.Run(async () =>
-        {
-            var buf = new char[65536];
-            int n;
-            while ((n = await p.StandardOutput.ReadAsync(buf)) > 0)
-                lock (text)
-                {
-                    text.Append(buf, 0, n);
-                    if (text.ToString().Contains("READY\n", StringComparison.Ordinal))
-                        ready.TrySetResult();
-                }
-        });
-        var stderr = p.StandardError.ReadToEndAsync();
-        var first = await Task.WhenAny(ready.Task, reader, Task.Delay(TimeSpan.FromSeconds(60)));
-        string? problem = null;
-        if (first == ready.Task)
-        {
-            await Task.Delay(delayMs);
-            if (p.HasExited)
-                problem = $"the child exited by itself with code {p.ExitCode}";
-        }
-        else
-            problem = "no READY from the child";
-        try
-        {
-            p.Kill();
-        }
-        catch (InvalidOperationException)
-        {
-        }
-        await p.WaitForExitAsync();
-        await reader;
-        string err = await stderr;
-        if (problem != null)
-            return ([], $"{problem}; stderr: {err}");
-        string all = text.ToString();
-        int lastNl = all.LastIndexOf('\n');
-        return (lastNl < 0 ? [] : [.. all[..lastNl].Split('\n').Where(l => l.Length > 0 && l != "READY")], null);
-    }
-
-    private static (string FileName, string[] Prefix) ChildCommand()
-    {
-        string dir = AppContext.BaseDirectory;
-        string apphost = Path.Combine(dir, "strata-crash-writer");
-        if (File.Exists(apphost) && !OperatingSystem.IsWindows() && (File.GetUnixFileMode(apphost) & UnixFileMode.UserExecute) != 0)
-            return (apphost, []);
-        string dll = Path.Combine(dir, "strata-crash-writer.dll");
-        string host = Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } h && File.Exists(h) ? h : QemuTools.Resolve("dotnet");
-        return (host, [dll]);
     }
 }

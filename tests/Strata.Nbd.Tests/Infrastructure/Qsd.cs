@@ -5,9 +5,9 @@ namespace Strata.Nbd.Tests.Infrastructure;
 /// <summary>A qemu-storage-daemon 7.2 exporting one qcow2 image over NBD: the reference in differential tests.</summary>
 public sealed class Qsd : IAsyncDisposable
 {
-    private readonly Process _process;
+    private readonly BackgroundProcess _process;
 
-    private Qsd(Process process, string socketPath)
+    private Qsd(BackgroundProcess process, string socketPath)
     {
         _process = process;
         SocketPath = socketPath;
@@ -19,12 +19,7 @@ public sealed class Qsd : IAsyncDisposable
 
     public static async Task<Qsd> StartAsync(string image, string socketPath, string exportOptions)
     {
-        var psi = new ProcessStartInfo(Tools.Resolve("qemu-storage-daemon"))
-        {
-            RedirectStandardError = true,
-            RedirectStandardOutput = true,
-            UseShellExecute = false,
-        };
+        var psi = new ProcessStartInfo(Tools.Resolve("qemu-storage-daemon"));
         foreach (var a in new[]
         {
             "--blockdev", $"driver=file,node-name=f,filename={image}",
@@ -35,12 +30,15 @@ public sealed class Qsd : IAsyncDisposable
         {
             psi.ArgumentList.Add(a);
         }
-        var process = Process.Start(psi) ?? throw new InvalidOperationException("cannot start qemu-storage-daemon");
+        var process = new BackgroundProcess(psi);
         var qsd = new Qsd(process, socketPath);
         for (int i = 0; i < 200 && !File.Exists(socketPath); i++)
         {
             if (process.HasExited)
-                throw new InvalidOperationException("qemu-storage-daemon failed: " + await process.StandardError.ReadToEndAsync());
+            {
+                await process.WaitForExitAsync(); // all of stderr read
+                throw new InvalidOperationException("qemu-storage-daemon failed: " + process.StandardError);
+            }
             await Task.Delay(25);
         }
         if (!File.Exists(socketPath))
@@ -51,13 +49,5 @@ public sealed class Qsd : IAsyncDisposable
         return qsd;
     }
 
-    public async ValueTask DisposeAsync()
-    {
-        if (!_process.HasExited)
-        {
-            _process.Kill();
-            await _process.WaitForExitAsync();
-        }
-        _process.Dispose();
-    }
+    public ValueTask DisposeAsync() => _process.DisposeAsync();
 }
