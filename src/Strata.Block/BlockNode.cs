@@ -1,4 +1,5 @@
 using Strata.Images;
+using Strata.Images.Bitmaps;
 using Strata.Images.Format;
 using Strata.Images.Storage;
 
@@ -28,6 +29,7 @@ public abstract class BlockNode : IImage, IBlockParent
 {
     private readonly List<BlockEdge> _parents = [];
     private readonly List<BlockEdge> _children = [];
+    private readonly DirtyBitmapSet _ownBitmaps = new();
 
     protected BlockNode(string nodeName, string driver, BlockNodeSettings settings, bool autoNamed)
     {
@@ -93,6 +95,12 @@ public abstract class BlockNode : IImage, IBlockParent
     public string? BackingFileName => Inner.BackingFileName;
     public string? BackingFormat => Inner.BackingFormat;
     public int AllocationGranularity => Inner.AllocationGranularity;
+
+    /// <summary>
+    /// The node's live dirty bitmaps (QEMU's bs->dirty_bitmaps). A qcow2 node holds its image's set, so persistent
+    /// bitmaps load from and store to the file; other nodes keep their own, fed by this node's write path.
+    /// </summary>
+    public virtual DirtyBitmapSet DirtyBitmaps => _ownBitmaps;
 
     /// <summary>The driver image itself, for queries (e.g. a Qcow2Image's header).</summary>
     public IImage DriverImage => Inner;
@@ -340,8 +348,10 @@ public abstract class BlockNode : IImage, IBlockParent
             var zf = (flags & WriteFlags.Fua) != 0 ? ZeroFlags.Fua : ZeroFlags.None;
             if (Settings.DetectZeroes == DetectZeroes.Unmap && Settings.Unmap)
                 zf |= ZeroFlags.MayUnmap;
+            RecordWrite(offset, data.Length);
             return Inner.WriteZeroesAsync(offset, data.Length, zf, ct);
         }
+        RecordWrite(offset, data.Length);
         return Inner.WriteAsync(data, offset, flags, ct);
     }
 
@@ -350,6 +360,7 @@ public abstract class BlockNode : IImage, IBlockParent
         CheckWritable();
         if (!Settings.Unmap)
             flags &= ~ZeroFlags.MayUnmap;
+        RecordWrite(offset, length);
         return Inner.WriteZeroesAsync(offset, length, flags, ct);
     }
 
@@ -357,10 +368,23 @@ public abstract class BlockNode : IImage, IBlockParent
     {
         CheckWritable();
         // discard=ignore (QEMU's default for blockdev-add): discards succeed and do nothing.
-        return Settings.Unmap ? Inner.DiscardAsync(offset, length, ct) : ValueTask.CompletedTask;
+        if (!Settings.Unmap)
+            return ValueTask.CompletedTask;
+        RecordWrite(offset, length);
+        return Inner.DiscardAsync(offset, length, ct);
     }
 
     public ValueTask FlushAsync(CancellationToken ct = default) => Inner.FlushAsync(ct);
+
+    /// <summary>
+    /// bdrv_set_dirty for nodes whose driver keeps no bitmaps of its own (a qcow2 image records its writes itself,
+    /// and its node's own set stays empty).
+    /// </summary>
+    private void RecordWrite(long offset, long length)
+    {
+        if (_ownBitmaps.HasEnabled)
+            _ownBitmaps.RecordWrite(offset, length);
+    }
 
     public ValueTask<BlockStatus> GetBlockStatusAsync(long offset, long length, CancellationToken ct = default) =>
         Inner.GetBlockStatusAsync(offset, length, ct);

@@ -37,6 +37,7 @@ public sealed class Qcow2Node : BlockNode
     public Qcow2Image Image { get; private set; } = null!; // set by OpenAsync once the file child is attached
     public override string FileName => _file.FileName;
     protected override IImage Inner => Image;
+    public override Strata.Images.Bitmaps.DirtyBitmapSet DirtyBitmaps => Image.DirtyBitmaps;
 
     internal static async ValueTask<Qcow2Node> OpenAsync(string name, BlockNodeSettings settings, bool autoNamed, BlockNode file,
         BlockOptions o, CancellationToken ct)
