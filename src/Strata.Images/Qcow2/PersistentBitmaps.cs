@@ -24,9 +24,18 @@ internal static class PersistentBitmaps
             new(TableOffset, TableSize, Flags, BitmapDirectory.TypeDirtyTracking, GranularityBits, Name, []);
     }
 
-    /// <summary>bitmap_table_load: the table entries, each checked.</summary>
+    /// <summary>QEMU's BDRV_MAX_LENGTH: a read reaching past it fails with EIO instead of reading zeros past the end.</summary>
+    private const long MaxReadableOffset = long.MaxValue / 2147483136 * 2147483136;
+
+    /// <summary>
+    /// bitmap_table_load: the table entries, each checked. Failures are <see cref="CorruptImageException"/>s whose
+    /// message is the errno text QEMU reports ("Input/output error" for an unreadable place, "Invalid argument" for a bad entry).
+    /// </summary>
     public static async ValueTask<ulong[]> LoadTableAsync(IStorage file, long offset, uint size, int clusterSize, CancellationToken ct)
     {
+        // The directory parser accepts any cluster-aligned 64-bit offset, as QEMU's does; the read is what fails.
+        if (offset < 0 || offset > MaxReadableOffset - size * 8L)
+            throw new CorruptImageException("Input/output error");
         var raw = new byte[size * 8L];
         if (offset < file.Length)
             await file.ReadAsync(raw.AsMemory(0, (int)Math.Min(raw.Length, file.Length - offset)), offset, ct).ConfigureAwait(false);
@@ -35,7 +44,7 @@ internal static class PersistentBitmaps
         {
             table[i] = BinaryPrimitives.ReadUInt64BigEndian(raw.AsSpan(i * 8));
             if (!BitmapDirectory.TableEntryValid(table[i], clusterSize))
-                throw new CorruptImageException("invalid table entry");
+                throw new CorruptImageException("Invalid argument");
         }
         return table;
     }
@@ -48,9 +57,9 @@ internal static class PersistentBitmaps
         {
             table = await LoadTableAsync(file, e.TableOffset, e.TableSize, clusterSize, ct).ConfigureAwait(false);
         }
-        catch (CorruptImageException)
+        catch (CorruptImageException x)
         {
-            throw new CorruptImageException($"Could not read bitmap_table table from image for bitmap '{e.Name}': Invalid argument in '{file.Name}'");
+            throw new CorruptImageException($"Could not read bitmap_table table from image for bitmap '{e.Name}': {x.Message} in '{file.Name}'");
         }
         long size = bitmap.Size;
         long tabSize = (bitmap.SerializationSize(0, size) + clusterSize - 1) / clusterSize;

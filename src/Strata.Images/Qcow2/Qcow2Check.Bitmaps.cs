@@ -1,4 +1,3 @@
-using System.Buffers.Binary;
 using static Strata.Images.Qcow2.Qcow2Constants;
 
 namespace Strata.Images.Qcow2;
@@ -9,7 +8,7 @@ public static partial class Qcow2Check
     {
         /// <summary>
         /// qcow2_check_bitmaps_refcounts: counts the bitmap directory, every bitmap table and every data cluster.
-        /// A directory or table that breaks QEMU's constraints is a corruption that ends the check (-EINVAL).
+        /// A directory or table that breaks QEMU's constraints or cannot be read is a corruption that ends the check.
         /// </summary>
         private async ValueTask CheckBitmapsAsync(CancellationToken ct)
         {
@@ -30,18 +29,15 @@ public static partial class Qcow2Check
                 long tableOffset = bitmap.TableOffset;
                 uint tableSize = bitmap.TableSize;
                 Inc(tableOffset, tableSize * 8L, 1);
-                var raw = new byte[tableSize * 8L];
-                if (tableOffset >= 0 && tableOffset < _file.Length)
-                    await _file.ReadAsync(raw, tableOffset, ct).ConfigureAwait(false);
-                var entries = new ulong[tableSize];
-                for (int i = 0; i < entries.Length; i++)
+                ulong[] entries;
+                try
                 {
-                    entries[i] = BinaryPrimitives.ReadUInt64BigEndian(raw.AsSpan(i * 8));
-                    if (!BitmapDirectory.TableEntryValid(entries[i], _cs))
-                    {
-                        _res.Corruptions++;
-                        throw new CheckFailedException(EINVAL);
-                    }
+                    entries = await PersistentBitmaps.LoadTableAsync(_file, tableOffset, tableSize, _cs, ct).ConfigureAwait(false);
+                }
+                catch (CorruptImageException x)
+                {
+                    _res.Corruptions++;
+                    throw new CheckFailedException(x.Message);
                 }
                 foreach (ulong e in entries)
                 {

@@ -16,7 +16,7 @@ public sealed class CorruptBitmapTests
     {
         "gran", "gran8", "namelen", "tableunaligned", "tablezero", "tablesize", "tablesize2", "extcount", "extcount0", "extsize",
         "extlen", "dirunaligned", "dirhuge", "direof", "tableentry_eof", "tableentry_res", "tableentry_unal", "tableeof", "flags",
-        "type", "extra", "dup", "reserved", "inuse_small",
+        "type", "extra", "dup", "reserved", "inuse_small", "tablehuge", "tablehuge_inuse",
     };
 
     /// <summary>One image with bitmaps b0 and b1 (and data), made once for all cases.</summary>
@@ -133,6 +133,9 @@ public sealed class CorruptBitmapTests
             case "tableentry_res": U64(to, BinaryPrimitives.ReadUInt64BigEndian(d.AsSpan(to)) | 2); break;
             case "tableentry_unal": U64(to, 0x10200); break;
             case "tableeof": U64(off, 1UL << 40); break;
+            // Cluster-aligned, so the directory accepts it; QEMU's read of the table fails with EIO.
+            case "tablehuge": U64(off, 1UL << 63); break;
+            case "tablehuge_inuse": U64(off, 1UL << 63); U32(off + 12, BinaryPrimitives.ReadUInt32BigEndian(d.AsSpan(off + 12)) | 1); break;
             case "flags": U32(off + 12, 8); break;
             case "type": d[off + 16] = 2; break;
             case "extra": U32(off + 20, 8); break;
