@@ -122,14 +122,7 @@ internal sealed class DaemonHost
                     string type = o.RequireString("type");
                     if (type != "nbd")
                         throw new BlockException($"Parameter 'type' does not accept value '{type}'");
-                    var req = new ExportRequest(
-                        Id: o.RequireString("id"),
-                        NodeName: o.RequireString("node-name"),
-                        Name: o.GetString("name"),
-                        Description: o.GetString("description"),
-                        Writable: o.GetBool("writable") ?? false,
-                        AllocationDepth: o.GetBool("allocation-depth") ?? false,
-                        Writethrough: o.GetBool("writethrough") ?? false);
+                    var req = ExportRequest.Read(o);
                     if (o.GetNode("bitmaps") is JsonNode)
                         throw new BlockException("Exporting dirty bitmaps is not supported yet");
                     o.GetString("iothread");
