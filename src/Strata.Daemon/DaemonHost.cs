@@ -32,8 +32,14 @@ internal sealed class DaemonHost
         var chardevs = new Dictionary<string, ChardevOption>();
         try
         {
-            foreach (var opt in _cl.Options)
-                await ApplyAsync(daemon, opt, chardevs).ConfigureAwait(false);
+            // Applied inside a turn of the main loop, as QEMU applies its command line before running the loop: a
+            // monitor client connecting early waits for its first command until the whole line is in place.
+            using (daemon.DeferClients())
+            using (await daemon.MainLoop.EnterAsync().ConfigureAwait(false))
+            {
+                foreach (var opt in _cl.Options)
+                    await ApplyAsync(daemon, opt, chardevs).ConfigureAwait(false);
+            }
         }
         catch (CommandLineException e)
         {

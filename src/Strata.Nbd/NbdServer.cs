@@ -196,6 +196,8 @@ public sealed class NbdServer : IAsyncDisposable
     private async Task AcceptLoopAsync(Listener listener, CancellationToken ct)
     {
         await Task.Yield();
+        if (Options.AcceptAfter is { } gate)
+            await gate.WaitAsync(ct).ConfigureAwait(false);
         while (!ct.IsCancellationRequested)
         {
             bool slotTaken = false;

@@ -20,6 +20,12 @@ public sealed record NbdServerOptions
 
     /// <summary>Listen backlog of each listener.</summary>
     public int Backlog { get; init; } = 128;
+
+    /// <summary>
+    /// Connections are accepted once this completes (null: at once). A daemon still applying its command line binds
+    /// its sockets but, like QEMU before its main loop runs, leaves clients in the backlog until its exports exist.
+    /// </summary>
+    public Task? AcceptAfter { get; init; }
 }
 
 /// <summary>How <see cref="NbdServer.RemoveExportAsync"/> treats connected clients (QEMU's block-export-del modes).</summary>

@@ -31,6 +31,25 @@ public sealed class StorageDaemon : IAsyncDisposable
         Jobs.Events.Raised += OnJobEvent;
     }
 
+    private Task _clientsAllowed = Task.CompletedTask;
+
+    /// <summary>
+    /// Until the handle is disposed, an NBD server started meanwhile binds its socket but serves no client: a daemon
+    /// applying its command line thus shows no client a half-built set of exports (QEMU applies it before its main
+    /// loop runs).
+    /// </summary>
+    public IDisposable DeferClients()
+    {
+        var allowed = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        _clientsAllowed = allowed.Task;
+        return new ClientsAllowed(allowed);
+    }
+
+    private sealed class ClientsAllowed(TaskCompletionSource allowed) : IDisposable
+    {
+        public void Dispose() => allowed.TrySetResult();
+    }
+
     public BlockGraph Graph { get; } = new();
     public NbdServer? Nbd => _nbd;
     public IReadOnlyList<BlockExport> Exports => _exports;
@@ -62,7 +81,7 @@ public sealed class StorageDaemon : IAsyncDisposable
     {
         if (_nbd != null)
             throw new BlockException("NBD server already running");
-        var server = new NbdServer(new NbdServerOptions { MaxConnections = maxConnections }, _loggers.CreateLogger("Strata.Nbd"));
+        var server = new NbdServer(new NbdServerOptions { MaxConnections = maxConnections, AcceptAfter = _clientsAllowed }, _loggers.CreateLogger("Strata.Nbd"));
         try
         {
             switch (address)
