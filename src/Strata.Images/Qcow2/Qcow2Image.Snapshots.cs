@@ -124,12 +124,15 @@ public sealed partial class Qcow2Image
                 await _file.WriteAsync(SerializeL1(_l1, _l1.Length), off, ct).ConfigureAwait(false);
             }
 
-            // +1 for everything the active L1 references; refcounts reach the disk before the cleared flags do.
-            await UpdateSnapshotRefcountAsync(_l1, 1, activeL1: true, ct).ConfigureAwait(false);
-            await FlushMetadataLockedAsync(ct).ConfigureAwait(false);
+            // The new table goes to its clusters now (QEMU allocates them right after the +1 pass, which allocates
+            // nothing, so they are the same clusters), out of the window below.
+            var staged = await StageSnapshotTableAsync(new List<Qcow2Snapshot>(list) { sn }, ct).ConfigureAwait(false);
 
-            var newList = new List<Qcow2Snapshot>(list) { sn };
-            await WriteSnapshotTableAsync(newList, ct).ConfigureAwait(false);
+            // +1 for everything the active L1 references and the COPIED flags cleared, staged in the caches and
+            // written together; durable before the header makes the snapshot visible.
+            await UpdateSnapshotRefcountAsync(_l1, 1, activeL1: true, ct).ConfigureAwait(false);
+            await WriteStagedMetadataAsync(ct).ConfigureAwait(false);
+            await SwitchSnapshotTableAsync(staged, ct).ConfigureAwait(false);
             if (l1Bytes > 0)
                 _metadata.Add((long)sn.L1TableOffset, l1Bytes, MetadataKind.InactiveL1);
             await _rc.WriteDirtyAsync(ct).ConfigureAwait(false);
@@ -180,7 +183,7 @@ public sealed partial class Qcow2Image
             if (sn.L1Size > 0)
                 await DropReferenceAsync((long)sn.L1TableOffset, sn.L1Size * 8L, ct).ConfigureAwait(false);
             await UpdateSnapshotRefcountAsync(_l1, 0, activeL1: true, ct).ConfigureAwait(false);
-            await WriteTablesThenRefcountsAsync(ct).ConfigureAwait(false);
+            await WriteStagedMetadataAsync(ct).ConfigureAwait(false);
             await DiscardFreedClustersAsync(ct).ConfigureAwait(false);
             return sn;
         }
@@ -240,15 +243,13 @@ public sealed partial class Qcow2Image
             var snL1 = await ReadSnapshotL1Async(sn, _l1.Length, ct).ConfigureAwait(false);
             await CheckReferencesFitAsync(snL1, ct).ConfigureAwait(false);
 
-            // 1. The snapshot's clusters gain the active image's reference (QEMU also rewrites the snapshot's L1 flags).
+            // 1. The snapshot's clusters gain the active image's reference (QEMU also rewrites the snapshot's L1 flags),
+            //    all durable before the active L1 points at them.
             var snL1Flags = (ulong[])snL1.Clone();
             bool snL1Changed = await UpdateSnapshotRefcountAsync(snL1Flags, 1, activeL1: false, ct).ConfigureAwait(false);
-            await FlushMetadataLockedAsync(ct).ConfigureAwait(false);
             if (snL1Changed && sn.L1Size > 0)
-            {
                 await _file.WriteAsync(SerializeL1(snL1Flags, (int)sn.L1Size), (long)sn.L1TableOffset, ct).ConfigureAwait(false);
-                await _file.FlushAsync(ct).ConfigureAwait(false);
-            }
+            await WriteStagedMetadataAsync(ct).ConfigureAwait(false);
 
             // 2. The active L1 is overwritten in place. Everything it now references is shared with the snapshot, so
             //    no entry may carry COPIED (QEMU's final flag pass comes to the same; writing it so at once keeps
@@ -271,7 +272,7 @@ public sealed partial class Qcow2Image
             foreach (var e in _l1)
                 if ((e & L1OffsetMask) != 0)
                     _metadata.Add((long)(e & L1OffsetMask), _cs, MetadataKind.ActiveL2);
-            await WriteTablesThenRefcountsAsync(ct).ConfigureAwait(false);
+            await WriteStagedMetadataAsync(ct).ConfigureAwait(false);
             await DiscardFreedClustersAsync(ct).ConfigureAwait(false);
             return sn;
         }
@@ -645,17 +646,33 @@ public sealed partial class Qcow2Image
     private SnapshotException TooManyReferences(long cluster) =>
         new(SnapshotException.EINVAL, detail: $"Refcount of cluster {cluster} would exceed the {_h.RefcountBits}-bit maximum");
 
-    /// <summary>After references were dropped: L2 tables, then the L1, then the refcounts reach the disk.</summary>
-    private async ValueTask WriteTablesThenRefcountsAsync(CancellationToken ct)
+    /// <summary>
+    /// Writes every staged refcount block, L2 table and L1 entry of a snapshot operation at once, with no flush
+    /// between them, then flushes. A refcount that changed while its COPIED flag has not yet (or the reverse) is
+    /// what qemu-img check calls an OFLAG_COPIED corruption, and no order of per-cluster writes avoids such states:
+    /// all writes are issued together so that a kill finds one for as short a time as possible. What power loss
+    /// needs is the flushes the callers put around this: refcounts durable before a new table or header makes the
+    /// references visible, and references gone from the disk before decremented refcounts free a cluster.
+    /// </summary>
+    private async ValueTask WriteStagedMetadataAsync(CancellationToken ct)
     {
-        await _l2Cache.WriteDirtyAsync(ct).ConfigureAwait(false);
-        await _file.FlushAsync(ct).ConfigureAwait(false);
-        if (_dirtyL1.Count > 0)
-        {
-            await WriteL1EntriesAsync(ct).ConfigureAwait(false);
-            await _file.FlushAsync(ct).ConfigureAwait(false);
-        }
-        await _rc.WriteDirtyAsync(ct).ConfigureAwait(false);
+        // Rare (the operation allocated past what the refcount blocks cover): the new blocks must be durable before
+        // the refcount table points at them, which takes a flush of its own.
+        if (_rc.HasDirtyTableEntries)
+            await _rc.WriteDirtyAsync(ct).ConfigureAwait(false);
+        var tables = new List<CachedTable>();
+        _rc.Blocks.CollectDirty(tables);
+        _l2Cache.CollectDirty(tables);
+        var writes = DirtyL1Runs();
+        foreach (var t in tables)
+            writes.Add((t.Data, t.Offset));
+        var pending = new Task[writes.Count];
+        for (int i = 0; i < writes.Count; i++)
+            pending[i] = _file.WriteAsync(writes[i].Data, writes[i].Offset, ct).AsTask();
+        await Task.WhenAll(pending).ConfigureAwait(false);
+        foreach (var t in tables)
+            t.Dirty = false;
+        _dirtyL1.Clear();
         await _file.FlushAsync(ct).ConfigureAwait(false);
     }
 
@@ -665,36 +682,56 @@ public sealed partial class Qcow2Image
     /// </summary>
     private async ValueTask WriteSnapshotTableAsync(List<Qcow2Snapshot> list, CancellationToken ct)
     {
+        var table = await StageSnapshotTableAsync(list, ct).ConfigureAwait(false);
+        await _rc.WriteDirtyAsync(ct).ConfigureAwait(false);
+        await SwitchSnapshotTableAsync(table, ct).ConfigureAwait(false);
+    }
+
+    /// <summary>A snapshot table written to the file but not yet in the header.</summary>
+    private readonly record struct StagedSnapshotTable(List<Qcow2Snapshot> List, long Offset, int Length);
+
+    /// <summary>
+    /// Allocates clusters for the serialized table and writes it there. Nothing points at them yet; their refcounts
+    /// stay in the cache for the caller to write before <see cref="SwitchSnapshotTableAsync"/>.
+    /// </summary>
+    private async ValueTask<StagedSnapshotTable> StageSnapshotTableAsync(List<Qcow2Snapshot> list, CancellationToken ct)
+    {
         var table = SnapshotTable.Serialize(list);
         long offset = 0;
         if (table.Length > 0)
         {
             offset = await _rc.AllocateClustersAsync((table.Length + _cs - 1) >> _cb, ct).ConfigureAwait(false);
-            await _rc.WriteDirtyAsync(ct).ConfigureAwait(false);
-            // Nothing points at the new clusters yet: one flush below covers their refcounts and the table.
             if (_metadata.Overlap(offset >> _cb, (table.Length + _cs - 1) >> _cb) is { } used)
                 throw await SignalCorruptionAsync($"Preventing invalid write on metadata (overlaps with {used})").ConfigureAwait(false);
             await _file.WriteAsync(table, offset, ct).ConfigureAwait(false);
         }
-        await _file.FlushAsync(ct).ConfigureAwait(false);
+        return new StagedSnapshotTable(list, offset, table.Length);
+    }
 
+    /// <summary>
+    /// Once the staged table and every refcount written before are durable (this flush), the header's count and
+    /// offset switch to it with one write; then the old table loses its reference (in the cache).
+    /// </summary>
+    private async ValueTask SwitchSnapshotTableAsync(StagedSnapshotTable staged, CancellationToken ct)
+    {
+        await _file.FlushAsync(ct).ConfigureAwait(false);
         var hdr = new byte[12];
-        BinaryPrimitives.WriteUInt32BigEndian(hdr, (uint)list.Count);
-        BinaryPrimitives.WriteUInt64BigEndian(hdr.AsSpan(4), (ulong)offset);
+        BinaryPrimitives.WriteUInt32BigEndian(hdr, (uint)staged.List.Count);
+        BinaryPrimitives.WriteUInt64BigEndian(hdr.AsSpan(4), (ulong)staged.Offset);
         await _file.WriteAsync(hdr, 60, ct).ConfigureAwait(false);
         await _file.FlushAsync(ct).ConfigureAwait(false);
 
         long oldOffset = _h.SnapshotsOffset, oldSize = _snapshotsSize;
-        _h.SnapshotCount = list.Count;
-        _h.SnapshotsOffset = offset;
-        _snapshots = list;
-        _snapshotsSize = table.Length;
+        _h.SnapshotCount = staged.List.Count;
+        _h.SnapshotsOffset = staged.Offset;
+        _snapshots = staged.List;
+        _snapshotsSize = staged.Length;
         if (oldOffset != 0 && oldSize > 0)
         {
             _metadata.Remove(oldOffset, oldSize);
             await DropReferenceAsync(oldOffset, oldSize, ct).ConfigureAwait(false);
         }
-        if (table.Length > 0)
-            _metadata.Add(offset, table.Length, MetadataKind.SnapshotTable);
+        if (staged.Length > 0)
+            _metadata.Add(staged.Offset, staged.Length, MetadataKind.SnapshotTable);
     }
 }
