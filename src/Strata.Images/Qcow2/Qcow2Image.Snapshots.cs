@@ -20,9 +20,10 @@ public sealed record Qcow2SnapshotCreateInfo
 
 /// <summary>
 /// Internal snapshots (QEMU's block/qcow2-snapshot.c): list, create, delete, apply, and a read-only view of a
-/// snapshot. Refcounts and COPIED flags follow qcow2_update_snapshot_refcount. Writes are ordered so that a crash
-/// at any point leaves either the old or the new snapshot table and, at worst, leaked clusters (whose too-high
-/// refcounts may make a COPIED flag look wrong until the leak is repaired, exactly as in QEMU).
+/// snapshot. Refcounts and COPIED flags follow qcow2_update_snapshot_refcount. A crash at any point leaves either the
+/// old or the new snapshot table and, at worst, leaked clusters: flushes order what power loss needs (refcounts
+/// before the header that makes references visible, references gone before refcounts drop), and each operation's
+/// refcount and COPIED-flag changes are written together (see <see cref="WriteStagedMetadataAsync"/>).
 /// </summary>
 public sealed partial class Qcow2Image
 {
@@ -84,8 +85,8 @@ public sealed partial class Qcow2Image
 
     /// <summary>
     /// qcow2_snapshot_create: ID = highest numeric ID + 1, the current L1 copied to new clusters, every L2 table and
-    /// data cluster it references gains a reference (COPIED flags cleared), then the new table is written and the
-    /// header switched to it with one write. Returns the new entry.
+    /// data cluster it references gains a reference (COPIED flags cleared), and once that and the new table are
+    /// durable the header is switched to it with one write. Returns the new entry.
     /// </summary>
     public async ValueTask<Qcow2Snapshot> CreateSnapshotAsync(Qcow2SnapshotCreateInfo info, CancellationToken ct = default)
     {
@@ -147,8 +148,9 @@ public sealed partial class Qcow2Image
     }
 
     /// <summary>
-    /// qcow2_snapshot_delete (by ID and/or name, as find_snapshot_by_id_and_name). The entry leaves the table first;
-    /// then the COPIED flags of what the active image now owns alone are set, and only then are the references dropped.
+    /// qcow2_snapshot_delete (by ID and/or name, as find_snapshot_by_id_and_name). The entry leaves the table first
+    /// (durably); then the references are dropped and the COPIED flags of what the active image now owns alone are set,
+    /// written together.
     /// </summary>
     public async ValueTask<Qcow2Snapshot> DeleteSnapshotAsync(string? id, string? name, CancellationToken ct = default)
     {
@@ -260,7 +262,7 @@ public sealed partial class Qcow2Image
             await _file.WriteAsync(SerializeL1(newL1, newL1.Length), _h.L1TableOffset, ct).ConfigureAwait(false);
             await _file.FlushAsync(ct).ConfigureAwait(false);
 
-            // 3. The old active tables lose their reference; tables go out before the refcounts drop.
+            // 3. The old active tables lose their reference: nothing on disk points at them since the flush above.
             var oldL1 = _l1;
             _l1 = newL1;
             _dirtyL1.Clear();
