@@ -1,5 +1,6 @@
 using System.Buffers.Binary;
 using System.Text;
+using Strata.Images.Storage;
 using static Strata.Images.Qcow2.Qcow2Constants;
 
 namespace Strata.Images.Qcow2;
@@ -132,7 +133,7 @@ public sealed partial class Qcow2Image
             // +1 for everything the active L1 references and the COPIED flags cleared, staged in the caches and
             // written together; durable before the header makes the snapshot visible.
             await UpdateSnapshotRefcountAsync(_l1, 1, activeL1: true, ct).ConfigureAwait(false);
-            await WriteStagedMetadataAsync(ct).ConfigureAwait(false);
+            await WriteStagedMetadataAsync(refcountsFirst: true, ct).ConfigureAwait(false);
             await SwitchSnapshotTableAsync(staged, ct).ConfigureAwait(false);
             if (l1Bytes > 0)
                 _metadata.Add((long)sn.L1TableOffset, l1Bytes, MetadataKind.InactiveL1);
@@ -185,7 +186,7 @@ public sealed partial class Qcow2Image
             if (sn.L1Size > 0)
                 await DropReferenceAsync((long)sn.L1TableOffset, sn.L1Size * 8L, ct).ConfigureAwait(false);
             await UpdateSnapshotRefcountAsync(_l1, 0, activeL1: true, ct).ConfigureAwait(false);
-            await WriteStagedMetadataAsync(ct).ConfigureAwait(false);
+            await WriteStagedMetadataAsync(refcountsFirst: false, ct).ConfigureAwait(false);
             await DiscardFreedClustersAsync(ct).ConfigureAwait(false);
             return sn;
         }
@@ -251,7 +252,7 @@ public sealed partial class Qcow2Image
             bool snL1Changed = await UpdateSnapshotRefcountAsync(snL1Flags, 1, activeL1: false, ct).ConfigureAwait(false);
             if (snL1Changed && sn.L1Size > 0)
                 await _file.WriteAsync(SerializeL1(snL1Flags, (int)sn.L1Size), (long)sn.L1TableOffset, ct).ConfigureAwait(false);
-            await WriteStagedMetadataAsync(ct).ConfigureAwait(false);
+            await WriteStagedMetadataAsync(refcountsFirst: true, ct).ConfigureAwait(false);
 
             // 2. The active L1 is overwritten in place. Everything it now references is shared with the snapshot, so
             //    no entry may carry COPIED (QEMU's final flag pass comes to the same; writing it so at once keeps
@@ -274,7 +275,7 @@ public sealed partial class Qcow2Image
             foreach (var e in _l1)
                 if ((e & L1OffsetMask) != 0)
                     _metadata.Add((long)(e & L1OffsetMask), _cs, MetadataKind.ActiveL2);
-            await WriteStagedMetadataAsync(ct).ConfigureAwait(false);
+            await WriteStagedMetadataAsync(refcountsFirst: false, ct).ConfigureAwait(false);
             await DiscardFreedClustersAsync(ct).ConfigureAwait(false);
             return sn;
         }
@@ -649,33 +650,51 @@ public sealed partial class Qcow2Image
         new(SnapshotException.EINVAL, detail: $"Refcount of cluster {cluster} would exceed the {_h.RefcountBits}-bit maximum");
 
     /// <summary>
-    /// Writes every staged refcount block, L2 table and L1 entry of a snapshot operation at once, with no flush
-    /// between them, then flushes. A refcount that changed while its COPIED flag has not yet (or the reverse) is
-    /// what qemu-img check calls an OFLAG_COPIED corruption, and no order of per-cluster writes avoids such states:
-    /// all writes are issued together so that a kill finds one for as short a time as possible. What power loss
-    /// needs is the flushes the callers put around this: refcounts durable before a new table or header makes the
-    /// references visible, and references gone from the disk before decremented refcounts free a cluster.
+    /// Writes every staged refcount block, L2 table and L1 entry of a snapshot operation back to back, with no flush
+    /// between them, then flushes. A refcount that changed while its COPIED flag has not yet (or the reverse) is what
+    /// qemu-img check calls an OFLAG_COPIED corruption, and no order of per-cluster writes avoids such states; written
+    /// together, a kill finds one only in the few microseconds the writes take. Within them, increments go out before
+    /// the tables and decrements after, so that a kill there leaves refcounts too high (leaks, repaired by
+    /// <c>check -r leaks</c>, as QEMU leaves them), never too low. What power loss needs is the flushes the callers
+    /// put around this: refcounts durable before a table or header makes references visible, references gone from
+    /// the disk before dropped refcounts free a cluster.
     /// </summary>
-    private async ValueTask WriteStagedMetadataAsync(CancellationToken ct)
+    private async ValueTask WriteStagedMetadataAsync(bool refcountsFirst, CancellationToken ct)
     {
         // Rare (the operation allocated past what the refcount blocks cover): the new blocks must be durable before
         // the refcount table points at them, which takes a flush of its own.
         if (_rc.HasDirtyTableEntries)
             await _rc.WriteDirtyAsync(ct).ConfigureAwait(false);
-        var tables = new List<CachedTable>();
-        _rc.Blocks.CollectDirty(tables);
-        _l2Cache.CollectDirty(tables);
-        var writes = DirtyL1Runs();
-        foreach (var t in tables)
-            writes.Add((t.Data, t.Offset));
-        var pending = new Task[writes.Count];
-        for (int i = 0; i < writes.Count; i++)
-            pending[i] = _file.WriteAsync(writes[i].Data, writes[i].Offset, ct).AsTask();
-        await Task.WhenAll(pending).ConfigureAwait(false);
-        foreach (var t in tables)
+        var refcounts = new List<CachedTable>();
+        var l2 = new List<CachedTable>();
+        _rc.Blocks.CollectDirty(refcounts);
+        _l2Cache.CollectDirty(l2);
+        var writes = new List<(ReadOnlyMemory<byte> Data, long Offset)>();
+        if (refcountsFirst)
+            AddTables(refcounts);
+        AddTables(l2);
+        writes.AddRange(DirtyL1Runs());
+        if (!refcountsFirst)
+            AddTables(refcounts);
+
+        if (_file is FileStorage fs)
+            await fs.WriteManyAsync(writes, ct).ConfigureAwait(false);
+        else
+            foreach (var (data, offset) in writes)
+                await _file.WriteAsync(data, offset, ct).ConfigureAwait(false);
+        foreach (var t in refcounts)
+            t.Dirty = false;
+        foreach (var t in l2)
             t.Dirty = false;
         _dirtyL1.Clear();
         await _file.FlushAsync(ct).ConfigureAwait(false);
+
+        void AddTables(List<CachedTable> tables)
+        {
+            tables.Sort((x, y) => x.Offset.CompareTo(y.Offset));
+            foreach (var t in tables)
+                writes.Add((t.Data, t.Offset));
+        }
     }
 
     /// <summary>
