@@ -125,6 +125,16 @@ internal sealed class MetadataCache
         }
     }
 
+    /// <summary>Adds the dirty tables to <paramref name="into"/> (still dirty: the caller writes them and then marks them clean).</summary>
+    public void CollectDirty(List<CachedTable> into)
+    {
+        if (DirtyCount == 0)
+            return;
+        foreach (var t in _tables.Values)
+            if (t.Dirty)
+                into.Add(t);
+    }
+
     /// <summary>Writes every dirty table (in offset order, so neighbouring tables go out together) and marks them clean.</summary>
     public async ValueTask WriteDirtyAsync(CancellationToken ct)
     {

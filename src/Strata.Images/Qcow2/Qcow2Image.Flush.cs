@@ -97,9 +97,15 @@ public sealed partial class Qcow2Image
 
     private async ValueTask WriteL1EntriesAsync(CancellationToken ct)
     {
-        // Runs of neighbouring entries go out as one write.
-        var buf = new byte[8 * 512];
-        using var e = _dirtyL1.GetEnumerator();
+        foreach (var (data, offset) in DirtyL1Runs())
+            await _file.WriteAsync(data, offset, ct).ConfigureAwait(false);
+        _dirtyL1.Clear();
+    }
+
+    /// <summary>The dirty L1 entries as writes: runs of neighbouring entries (up to 512) go out as one.</summary>
+    private List<(ReadOnlyMemory<byte> Data, long Offset)> DirtyL1Runs()
+    {
+        var runs = new List<(ReadOnlyMemory<byte>, long)>();
         var list = new List<int>(_dirtyL1);
         int i = 0;
         while (i < list.Count)
@@ -107,12 +113,13 @@ public sealed partial class Qcow2Image
             int start = list[i], n = 1;
             while (i + n < list.Count && list[i + n] == start + n && n < 512)
                 n++;
+            var buf = new byte[n * 8];
             for (int k = 0; k < n; k++)
                 BinaryPrimitives.WriteUInt64BigEndian(buf.AsSpan(k * 8), _l1[start + k]);
-            await _file.WriteAsync(buf.AsMemory(0, n * 8), _h.L1TableOffset + start * 8L, ct).ConfigureAwait(false);
+            runs.Add((buf, _h.L1TableOffset + start * 8L));
             i += n;
         }
-        _dirtyL1.Clear();
+        return runs;
     }
 
     /// <summary>Rebuilds refcounts of an image left dirty by a crash with lazy refcounts (QEMU does this on open).</summary>

@@ -1,5 +1,6 @@
 using System.Buffers.Binary;
 using System.Text;
+using Strata.Images.Storage;
 using static Strata.Images.Qcow2.Qcow2Constants;
 
 namespace Strata.Images.Qcow2;
@@ -20,9 +21,10 @@ public sealed record Qcow2SnapshotCreateInfo
 
 /// <summary>
 /// Internal snapshots (QEMU's block/qcow2-snapshot.c): list, create, delete, apply, and a read-only view of a
-/// snapshot. Refcounts and COPIED flags follow qcow2_update_snapshot_refcount. Writes are ordered so that a crash
-/// at any point leaves either the old or the new snapshot table and, at worst, leaked clusters (whose too-high
-/// refcounts may make a COPIED flag look wrong until the leak is repaired, exactly as in QEMU).
+/// snapshot. Refcounts and COPIED flags follow qcow2_update_snapshot_refcount. A crash at any point leaves either the
+/// old or the new snapshot table and, at worst, leaked clusters: flushes order what power loss needs (refcounts
+/// before the header that makes references visible, references gone before refcounts drop), and each operation's
+/// refcount and COPIED-flag changes are written together (see <see cref="WriteStagedMetadataAsync"/>).
 /// </summary>
 public sealed partial class Qcow2Image
 {
@@ -84,8 +86,8 @@ public sealed partial class Qcow2Image
 
     /// <summary>
     /// qcow2_snapshot_create: ID = highest numeric ID + 1, the current L1 copied to new clusters, every L2 table and
-    /// data cluster it references gains a reference (COPIED flags cleared), then the new table is written and the
-    /// header switched to it with one write. Returns the new entry.
+    /// data cluster it references gains a reference (COPIED flags cleared), and once that and the new table are
+    /// durable the header is switched to it with one write. Returns the new entry.
     /// </summary>
     public async ValueTask<Qcow2Snapshot> CreateSnapshotAsync(Qcow2SnapshotCreateInfo info, CancellationToken ct = default)
     {
@@ -124,12 +126,15 @@ public sealed partial class Qcow2Image
                 await _file.WriteAsync(SerializeL1(_l1, _l1.Length), off, ct).ConfigureAwait(false);
             }
 
-            // +1 for everything the active L1 references; refcounts reach the disk before the cleared flags do.
-            await UpdateSnapshotRefcountAsync(_l1, 1, activeL1: true, ct).ConfigureAwait(false);
-            await FlushMetadataLockedAsync(ct).ConfigureAwait(false);
+            // The new table goes to its clusters now (QEMU allocates them right after the +1 pass, which allocates
+            // nothing, so they are the same clusters), out of the window below.
+            var staged = await StageSnapshotTableAsync(new List<Qcow2Snapshot>(list) { sn }, ct).ConfigureAwait(false);
 
-            var newList = new List<Qcow2Snapshot>(list) { sn };
-            await WriteSnapshotTableAsync(newList, ct).ConfigureAwait(false);
+            // +1 for everything the active L1 references and the COPIED flags cleared, staged in the caches and
+            // written together; durable before the header makes the snapshot visible.
+            await UpdateSnapshotRefcountAsync(_l1, 1, activeL1: true, ct).ConfigureAwait(false);
+            await WriteStagedMetadataAsync(refcountsFirst: true, ct).ConfigureAwait(false);
+            await SwitchSnapshotTableAsync(staged, ct).ConfigureAwait(false);
             if (l1Bytes > 0)
                 _metadata.Add((long)sn.L1TableOffset, l1Bytes, MetadataKind.InactiveL1);
             await _rc.WriteDirtyAsync(ct).ConfigureAwait(false);
@@ -144,8 +149,9 @@ public sealed partial class Qcow2Image
     }
 
     /// <summary>
-    /// qcow2_snapshot_delete (by ID and/or name, as find_snapshot_by_id_and_name). The entry leaves the table first;
-    /// then the COPIED flags of what the active image now owns alone are set, and only then are the references dropped.
+    /// qcow2_snapshot_delete (by ID and/or name, as find_snapshot_by_id_and_name). The entry leaves the table first
+    /// (durably); then the references are dropped and the COPIED flags of what the active image now owns alone are set,
+    /// written together.
     /// </summary>
     public async ValueTask<Qcow2Snapshot> DeleteSnapshotAsync(string? id, string? name, CancellationToken ct = default)
     {
@@ -180,7 +186,7 @@ public sealed partial class Qcow2Image
             if (sn.L1Size > 0)
                 await DropReferenceAsync((long)sn.L1TableOffset, sn.L1Size * 8L, ct).ConfigureAwait(false);
             await UpdateSnapshotRefcountAsync(_l1, 0, activeL1: true, ct).ConfigureAwait(false);
-            await WriteTablesThenRefcountsAsync(ct).ConfigureAwait(false);
+            await WriteStagedMetadataAsync(refcountsFirst: false, ct).ConfigureAwait(false);
             await DiscardFreedClustersAsync(ct).ConfigureAwait(false);
             return sn;
         }
@@ -240,15 +246,13 @@ public sealed partial class Qcow2Image
             var snL1 = await ReadSnapshotL1Async(sn, _l1.Length, ct).ConfigureAwait(false);
             await CheckReferencesFitAsync(snL1, ct).ConfigureAwait(false);
 
-            // 1. The snapshot's clusters gain the active image's reference (QEMU also rewrites the snapshot's L1 flags).
+            // 1. The snapshot's clusters gain the active image's reference (QEMU also rewrites the snapshot's L1 flags),
+            //    all durable before the active L1 points at them.
             var snL1Flags = (ulong[])snL1.Clone();
             bool snL1Changed = await UpdateSnapshotRefcountAsync(snL1Flags, 1, activeL1: false, ct).ConfigureAwait(false);
-            await FlushMetadataLockedAsync(ct).ConfigureAwait(false);
             if (snL1Changed && sn.L1Size > 0)
-            {
                 await _file.WriteAsync(SerializeL1(snL1Flags, (int)sn.L1Size), (long)sn.L1TableOffset, ct).ConfigureAwait(false);
-                await _file.FlushAsync(ct).ConfigureAwait(false);
-            }
+            await WriteStagedMetadataAsync(refcountsFirst: true, ct).ConfigureAwait(false);
 
             // 2. The active L1 is overwritten in place. Everything it now references is shared with the snapshot, so
             //    no entry may carry COPIED (QEMU's final flag pass comes to the same; writing it so at once keeps
@@ -259,7 +263,7 @@ public sealed partial class Qcow2Image
             await _file.WriteAsync(SerializeL1(newL1, newL1.Length), _h.L1TableOffset, ct).ConfigureAwait(false);
             await _file.FlushAsync(ct).ConfigureAwait(false);
 
-            // 3. The old active tables lose their reference; tables go out before the refcounts drop.
+            // 3. The old active tables lose their reference: nothing on disk points at them since the flush above.
             var oldL1 = _l1;
             _l1 = newL1;
             _dirtyL1.Clear();
@@ -271,7 +275,7 @@ public sealed partial class Qcow2Image
             foreach (var e in _l1)
                 if ((e & L1OffsetMask) != 0)
                     _metadata.Add((long)(e & L1OffsetMask), _cs, MetadataKind.ActiveL2);
-            await WriteTablesThenRefcountsAsync(ct).ConfigureAwait(false);
+            await WriteStagedMetadataAsync(refcountsFirst: false, ct).ConfigureAwait(false);
             await DiscardFreedClustersAsync(ct).ConfigureAwait(false);
             return sn;
         }
@@ -645,18 +649,52 @@ public sealed partial class Qcow2Image
     private SnapshotException TooManyReferences(long cluster) =>
         new(SnapshotException.EINVAL, detail: $"Refcount of cluster {cluster} would exceed the {_h.RefcountBits}-bit maximum");
 
-    /// <summary>After references were dropped: L2 tables, then the L1, then the refcounts reach the disk.</summary>
-    private async ValueTask WriteTablesThenRefcountsAsync(CancellationToken ct)
+    /// <summary>
+    /// Writes every staged refcount block, L2 table and L1 entry of a snapshot operation back to back, with no flush
+    /// between them, then flushes. A refcount that changed while its COPIED flag has not yet (or the reverse) is what
+    /// qemu-img check calls an OFLAG_COPIED corruption, and no order of per-cluster writes avoids such states; written
+    /// together, a kill finds one only in the few microseconds the writes take. Within them, increments go out before
+    /// the tables and decrements after, so that a kill there leaves refcounts too high (leaks, repaired by
+    /// <c>check -r leaks</c>, as QEMU leaves them), never too low. What power loss needs is the flushes the callers
+    /// put around this: refcounts durable before a table or header makes references visible, references gone from
+    /// the disk before dropped refcounts free a cluster.
+    /// </summary>
+    private async ValueTask WriteStagedMetadataAsync(bool refcountsFirst, CancellationToken ct)
     {
-        await _l2Cache.WriteDirtyAsync(ct).ConfigureAwait(false);
+        // Rare (the operation allocated past what the refcount blocks cover): the new blocks must be durable before
+        // the refcount table points at them, which takes a flush of its own.
+        if (_rc.HasDirtyTableEntries)
+            await _rc.WriteDirtyAsync(ct).ConfigureAwait(false);
+        var refcounts = new List<CachedTable>();
+        var l2 = new List<CachedTable>();
+        _rc.Blocks.CollectDirty(refcounts);
+        _l2Cache.CollectDirty(l2);
+        var writes = new List<(ReadOnlyMemory<byte> Data, long Offset)>();
+        if (refcountsFirst)
+            AddTables(refcounts);
+        AddTables(l2);
+        writes.AddRange(DirtyL1Runs());
+        if (!refcountsFirst)
+            AddTables(refcounts);
+
+        if (_file is FileStorage fs)
+            await fs.WriteManyAsync(writes, ct).ConfigureAwait(false);
+        else
+            foreach (var (data, offset) in writes)
+                await _file.WriteAsync(data, offset, ct).ConfigureAwait(false);
+        foreach (var t in refcounts)
+            t.Dirty = false;
+        foreach (var t in l2)
+            t.Dirty = false;
+        _dirtyL1.Clear();
         await _file.FlushAsync(ct).ConfigureAwait(false);
-        if (_dirtyL1.Count > 0)
+
+        void AddTables(List<CachedTable> tables)
         {
-            await WriteL1EntriesAsync(ct).ConfigureAwait(false);
-            await _file.FlushAsync(ct).ConfigureAwait(false);
+            tables.Sort((x, y) => x.Offset.CompareTo(y.Offset));
+            foreach (var t in tables)
+                writes.Add((t.Data, t.Offset));
         }
-        await _rc.WriteDirtyAsync(ct).ConfigureAwait(false);
-        await _file.FlushAsync(ct).ConfigureAwait(false);
     }
 
     /// <summary>
@@ -665,36 +703,56 @@ public sealed partial class Qcow2Image
     /// </summary>
     private async ValueTask WriteSnapshotTableAsync(List<Qcow2Snapshot> list, CancellationToken ct)
     {
+        var table = await StageSnapshotTableAsync(list, ct).ConfigureAwait(false);
+        await _rc.WriteDirtyAsync(ct).ConfigureAwait(false);
+        await SwitchSnapshotTableAsync(table, ct).ConfigureAwait(false);
+    }
+
+    /// <summary>A snapshot table written to the file but not yet in the header.</summary>
+    private readonly record struct StagedSnapshotTable(List<Qcow2Snapshot> List, long Offset, int Length);
+
+    /// <summary>
+    /// Allocates clusters for the serialized table and writes it there. Nothing points at them yet; their refcounts
+    /// stay in the cache for the caller to write before <see cref="SwitchSnapshotTableAsync"/>.
+    /// </summary>
+    private async ValueTask<StagedSnapshotTable> StageSnapshotTableAsync(List<Qcow2Snapshot> list, CancellationToken ct)
+    {
         var table = SnapshotTable.Serialize(list);
         long offset = 0;
         if (table.Length > 0)
         {
             offset = await _rc.AllocateClustersAsync((table.Length + _cs - 1) >> _cb, ct).ConfigureAwait(false);
-            await _rc.WriteDirtyAsync(ct).ConfigureAwait(false);
-            // Nothing points at the new clusters yet: one flush below covers their refcounts and the table.
             if (_metadata.Overlap(offset >> _cb, (table.Length + _cs - 1) >> _cb) is { } used)
                 throw await SignalCorruptionAsync($"Preventing invalid write on metadata (overlaps with {used})").ConfigureAwait(false);
             await _file.WriteAsync(table, offset, ct).ConfigureAwait(false);
         }
-        await _file.FlushAsync(ct).ConfigureAwait(false);
+        return new StagedSnapshotTable(list, offset, table.Length);
+    }
 
+    /// <summary>
+    /// Once the staged table and every refcount written before are durable (this flush), the header's count and
+    /// offset switch to it with one write; then the old table loses its reference (in the cache).
+    /// </summary>
+    private async ValueTask SwitchSnapshotTableAsync(StagedSnapshotTable staged, CancellationToken ct)
+    {
+        await _file.FlushAsync(ct).ConfigureAwait(false);
         var hdr = new byte[12];
-        BinaryPrimitives.WriteUInt32BigEndian(hdr, (uint)list.Count);
-        BinaryPrimitives.WriteUInt64BigEndian(hdr.AsSpan(4), (ulong)offset);
+        BinaryPrimitives.WriteUInt32BigEndian(hdr, (uint)staged.List.Count);
+        BinaryPrimitives.WriteUInt64BigEndian(hdr.AsSpan(4), (ulong)staged.Offset);
         await _file.WriteAsync(hdr, 60, ct).ConfigureAwait(false);
         await _file.FlushAsync(ct).ConfigureAwait(false);
 
         long oldOffset = _h.SnapshotsOffset, oldSize = _snapshotsSize;
-        _h.SnapshotCount = list.Count;
-        _h.SnapshotsOffset = offset;
-        _snapshots = list;
-        _snapshotsSize = table.Length;
+        _h.SnapshotCount = staged.List.Count;
+        _h.SnapshotsOffset = staged.Offset;
+        _snapshots = staged.List;
+        _snapshotsSize = staged.Length;
         if (oldOffset != 0 && oldSize > 0)
         {
             _metadata.Remove(oldOffset, oldSize);
             await DropReferenceAsync(oldOffset, oldSize, ct).ConfigureAwait(false);
         }
-        if (table.Length > 0)
-            _metadata.Add(offset, table.Length, MetadataKind.SnapshotTable);
+        if (staged.Length > 0)
+            _metadata.Add(staged.Offset, staged.Length, MetadataKind.SnapshotTable);
     }
 }

@@ -50,6 +50,9 @@ internal sealed class RefcountTable
     public bool HasPendingFrees => _pendingFrees.Count > 0;
     public int PendingFreeCount => _pendingFrees.Count;
     public bool IsDirty => Blocks.HasDirty || _dirtyTableEntries.Count > 0;
+
+    /// <summary>Whether refcount table entries wait to point at new refcount blocks (those blocks must be durable first).</summary>
+    public bool HasDirtyTableEntries => _dirtyTableEntries.Count > 0;
     public IReadOnlyList<ulong> Table => _table;
 
     public static async ValueTask<ulong[]> LoadTableAsync(IStorage storage, Qcow2Header header, CancellationToken ct)

@@ -28,6 +28,32 @@ public sealed class FileStorageTests : IDisposable
         return bytes;
     }
 
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task WriteMany_WritesInListOrder_GrowsTheFile_AndTheNextFlushCoversIt(bool direct)
+    {
+        string path = NewPath();
+        await using var storage = FileStorage.Create(path, new FileStorageOptions(Direct: direct));
+        await storage.WriteAsync(Filled(8 * KiB, 1), 0);
+        await storage.FlushAsync();
+        long flushes = storage.FdatasyncCount;
+        // Unaligned pieces, one past the end, and an overlap: the later piece wins.
+        await storage.WriteManyAsync([(Filled(4 * KiB, 2), 4 * KiB), (Filled(100, 3), 20_000), (Filled(10, 4), 4 * KiB + 5)]);
+        Assert.Equal(20_100, storage.Length);
+        var back = new byte[20_100];
+        await storage.ReadAsync(back, 0);
+        var expect = new byte[20_100];
+        expect.AsSpan(0, 4 * KiB).Fill(1);
+        expect.AsSpan(4 * KiB, 4 * KiB).Fill(2);
+        expect.AsSpan(4 * KiB + 5, 10).Fill(4);
+        expect.AsSpan(20_000, 100).Fill(3);
+        Assert.Equal(expect, back);
+        await storage.FlushAsync();
+        Assert.Equal(flushes + 1, storage.FdatasyncCount);
+        Assert.Equal(20_100, new FileInfo(path).Length);
+    }
+
     [Fact]
     public async Task WriteThenReadRoundTripsAndSurvivesReopen()
     {
