@@ -129,9 +129,10 @@ internal sealed class DaemonHost
                         Description: o.GetString("description"),
                         Writable: o.GetBool("writable") ?? false,
                         AllocationDepth: o.GetBool("allocation-depth") ?? false,
-                        Writethrough: o.GetBool("writethrough") ?? false);
-                    if (o.GetNode("bitmaps") is JsonNode)
-                        throw new BlockException("Exporting dirty bitmaps is not supported yet");
+                        Writethrough: o.GetBool("writethrough") ?? false)
+                    {
+                        Bitmaps = ExportRequest.ReadBitmaps(o.GetNode("bitmaps")),
+                    };
                     o.GetString("iothread");
                     o.GetBool("fixed-iothread");
                     o.EnsureAllRead();

@@ -111,6 +111,7 @@ public sealed class StorageDaemon : IAsyncDisposable
         string name = request.Name ?? request.NodeName;
         if (server.FindExport(name) != null)
             throw new BlockException($"NBD server already has export named '{name}'");
+        var bitmaps = ResolveBitmaps(node, request);
         var perm = BlockPermissions.ConsistentRead | (request.Writable ? BlockPermissions.Write : 0);
         // An export's backend is anonymous in QEMU; the NBD server does not let others resize the node under it.
         var backend = new BlockBackend("an unnamed block device", node, perm, BlockPermissions.All & ~BlockPermissions.Resize);
@@ -121,9 +122,13 @@ public sealed class StorageDaemon : IAsyncDisposable
                 Description = request.Description,
                 Writable = request.Writable,
                 AllocationDepth = request.AllocationDepth,
+                MetaContexts = [.. bitmaps.Select(b => new Strata.Nbd.MetaContexts.DirtyBitmapContext(b.Name, b.Bitmap))],
             });
             server.AddExport(nbd);
-            var export = new BlockExport(request.Id, backend, nbd);
+            var export = new BlockExport(request.Id, backend, nbd, [.. bitmaps.Select(b => b.Bitmap)]);
+            // Busy only once everything else succeeded (a bitmap listed twice is checked twice, then marked once).
+            foreach (var b in export.Bitmaps)
+                b.Busy = true;
             _exports.Add(export);
             _log.LogInformation("Export '{Id}' of node '{Node}' as '{Name}' ({Mode})", request.Id, node.NodeName, name, request.Writable ? "writable" : "read-only");
             return export;
@@ -133,6 +138,41 @@ public sealed class StorageDaemon : IAsyncDisposable
             backend.Release();
             throw;
         }
+    }
+
+    /// <summary>
+    /// nbd_export_create's bitmap checks: a bare name is looked for in the node, then down its backing chain, and an
+    /// enabled bitmap of a writable node cannot go out on a read-only export (its bits would change under the
+    /// client); {node, name} names any node's. Each must be neither busy nor inconsistent.
+    /// </summary>
+    private List<(string Name, Strata.Images.Bitmaps.DirtyBitmap Bitmap)> ResolveBitmaps(BlockNode node, ExportRequest request)
+    {
+        var list = new List<(string, Strata.Images.Bitmaps.DirtyBitmap)>();
+        foreach (var r in request.Bitmaps)
+        {
+            Strata.Images.Bitmaps.DirtyBitmap? bm = null;
+            if (r.Node is null)
+            {
+                BlockNode? owner = node;
+                for (; owner != null; owner = owner.BackingChild)
+                {
+                    bm = owner.DirtyBitmaps.Find(r.Name);
+                    if (bm != null)
+                        break;
+                }
+                if (bm == null || owner == null)
+                    throw new BlockException($"Bitmap '{r.Name}' is not found");
+                if (!request.Writable && !owner.IsReadOnly && bm.Enabled)
+                    throw new BlockException($"Enabled bitmap '{r.Name}' incompatible with readonly export");
+            }
+            else
+            {
+                bm = Strata.Block.Bitmaps.NodeBitmaps.Lookup(Graph, r.Node, r.Name).Bitmap;
+            }
+            Strata.Images.Bitmaps.DirtyBitmapSet.Check(bm, Strata.Images.Bitmaps.BitmapCheck.AllowReadOnly);
+            list.Add((r.Name, bm));
+        }
+        return list;
     }
 
     public async ValueTask DeleteExportAsync(string id, bool hard = false, CancellationToken ct = default)
@@ -152,6 +192,8 @@ public sealed class StorageDaemon : IAsyncDisposable
         var root = export.Backend.Root;
         export.Backend.Release();
         await Graph.ReleaseIfUnusedAsync(root).ConfigureAwait(false); // an overlay only the export held
+        foreach (var b in export.Bitmaps)
+            b.Busy = false;
         _exports.Remove(export);
         Raise("BLOCK_EXPORT_DELETED", ("id", export.Id));
     }
