@@ -45,6 +45,8 @@ public static class BitmapSuite
     [
         E($"sh nbdinfo --map=qemu:dirty-bitmap:{bitmap} 'nbd+unix:///{export}?socket=nbd.sock'"),
         E($"sh nbdinfo --json --map=qemu:dirty-bitmap:{bitmap} 'nbd+unix:///{export}?socket=nbd.sock'"),
+        // QEMU's own NBD client asks in its own pieces and reports dirty areas as holes (x-dirty-bitmap).
+        E($"sh qemu-img map --output=json --image-opts driver=nbd,export={export},server.type=unix,server.path=nbd.sock,x-dirty-bitmap=qemu:dirty-bitmap:{bitmap}"),
     ];
 
     private static string Act(string type, string data) => "{\"type\":\"" + type + "\",\"data\":" + data + "}";
@@ -280,4 +282,93 @@ public sealed class BitmapDifferentialTests
     [Theory]
     [MemberData(nameof(Names))]
     public Task Dirty_bitmaps_behave_as_in_qemu_storage_daemon(string name) => BitmapSuite.RunAsync(BitmapSuite.Scenarios[name]);
+}
+
+/// <summary>
+/// Persistent bitmaps across daemons: what strata-daemon stores at quit, qemu-storage-daemon loads with the same bits
+/// (sha256 and nbdinfo --map), and the other way round; every file checks clean.
+/// </summary>
+public sealed class BitmapPersistenceTests
+{
+    private static readonly string[] Open =
+    [
+        """{"execute":"qmp_capabilities"}""",
+        """{"execute":"nbd-server-start","arguments":{"addr":{"type":"unix","data":{"path":"$D/nbd.sock"}}}}""",
+        """{"execute":"blockdev-add","arguments":{"driver":"qcow2","node-name":"d0","file":{"driver":"file","filename":"$D/c.qcow2"}}}""",
+    ];
+
+    private const string Export = """{"execute":"block-export-add","arguments":{"type":"nbd","id":"e0","node-name":"d0","writable":true,"bitmaps":["p","q"]}}""";
+    private const string ShaP = """{"execute":"x-debug-block-dirty-bitmap-sha256","arguments":{"node":"d0","name":"p"}}""";
+    private const string ShaQ = """{"execute":"x-debug-block-dirty-bitmap-sha256","arguments":{"node":"d0","name":"q"}}""";
+    private const string MapP = "sh nbdinfo --map=qemu:dirty-bitmap:p 'nbd+unix:///d0?socket=nbd.sock'";
+    private const string MapQ = "sh nbdinfo --map=qemu:dirty-bitmap:q 'nbd+unix:///d0?socket=nbd.sock'";
+
+    private static async Task<string> Step(ScriptedDaemon d, string line)
+    {
+        var messages = await d.StepAsync(line);
+        var answer = messages[^1]; // after any events
+        Assert.True(answer.StartsWith("exit 0", StringComparison.Ordinal) || answer.StartsWith("{\"return\"", StringComparison.Ordinal),
+            $"{line}: {string.Join("\n", messages)}");
+        return answer;
+    }
+
+    private static async Task<string[]> Bits(ScriptedDaemon d) =>
+        [await Step(d, ShaP), await Step(d, ShaQ), await Step(d, MapP), await Step(d, MapQ)];
+
+    private static void Check(ScriptedDaemon d)
+    {
+        var r = QemuTools.RunIn(d.Directory, "qemu-img", "check", "c.qcow2");
+        Assert.True(r.ExitCode == 0, $"qemu-img check: {r.StdOut}{r.StdErr}");
+    }
+
+    [Fact]
+    public async Task Bitmaps_stored_by_one_daemon_load_with_the_same_bits_in_the_other()
+    {
+        QemuTools.RequireTools("qemu-img", "qemu-io", "qemu-storage-daemon", "nbdinfo");
+
+        // strata-daemon writes two persistent bitmaps (one of them disabled part of the time) and quits.
+        await using var first = await ScriptedDaemon.StartAsync(Daemons.Strata);
+        foreach (var line in Open)
+            await Step(first, line);
+        await Step(first, """{"execute":"block-dirty-bitmap-add","arguments":{"node":"d0","name":"p","persistent":true}}""");
+        await Step(first, """{"execute":"block-dirty-bitmap-add","arguments":{"node":"d0","name":"q","persistent":true,"granularity":512}}""");
+        await Step(first, Export);
+        await Step(first, "io d0 write -P 1 1000 5000");
+        await Step(first, "io d0 write -z 2M 64k");
+        await Step(first, """{"execute":"block-export-del","arguments":{"id":"e0"}}""");
+        await Step(first, """{"execute":"block-dirty-bitmap-disable","arguments":{"node":"d0","name":"q"}}""");
+        await Step(first, Export);
+        await Step(first, "io d0 write -P 2 3M 100k");
+        var written = await Bits(first);
+        Assert.Contains("dirty", written[2], StringComparison.Ordinal);
+        await first.QuitAsync();
+        Check(first);
+
+        // qemu-storage-daemon loads them: same bits; it writes more and quits.
+        await using var second = await ScriptedDaemon.StartAsync(Daemons.Qsd);
+        File.Copy(Path.Combine(first.Directory, "c.qcow2"), Path.Combine(second.Directory, "c.qcow2"), overwrite: true);
+        foreach (var line in Open)
+            await Step(second, line);
+        await Step(second, Export);
+        Assert.Equal(written, await Bits(second));
+        await Step(second, "io d0 write -P 3 1M 4k");
+        await Step(second, """{"execute":"block-export-del","arguments":{"id":"e0"}}""");
+        await Step(second, """{"execute":"block-dirty-bitmap-enable","arguments":{"node":"d0","name":"q"}}""");
+        await Step(second, """{"execute":"block-export-add","arguments":{"type":"nbd","id":"e0","node-name":"d0","writable":true,"bitmaps":["p","q"]}}""");
+        await Step(second, "io d0 write -P 4 1536k 1k");
+        var rewritten = await Bits(second);
+        Assert.NotEqual(written, rewritten);
+        await second.QuitAsync();
+        Check(second);
+
+        // strata-daemon loads qsd's file: same bits again.
+        await using var third = await ScriptedDaemon.StartAsync(Daemons.Strata);
+        File.Copy(Path.Combine(second.Directory, "c.qcow2"), Path.Combine(third.Directory, "c.qcow2"), overwrite: true);
+        foreach (var line in Open)
+            await Step(third, line);
+        await Step(third, Export);
+        Assert.Equal(rewritten, await Bits(third));
+        await third.QuitAsync();
+        Check(third);
+    }
 }
