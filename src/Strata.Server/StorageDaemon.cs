@@ -148,6 +148,20 @@ public sealed class StorageDaemon : IAsyncDisposable
     private List<(string Name, Strata.Images.Bitmaps.DirtyBitmap Bitmap)> ResolveBitmaps(BlockNode node, ExportRequest request)
     {
         var list = new List<(string, Strata.Images.Bitmaps.DirtyBitmap)>();
+        try
+        {
+            ResolveBitmapsInto(node, request, list);
+        }
+        catch (Strata.Images.Bitmaps.BitmapException e)
+        {
+            // A block-layer error for the command line and QMP alike; qsd prints no hint here.
+            throw new BlockException(e.Message);
+        }
+        return list;
+    }
+
+    private void ResolveBitmapsInto(BlockNode node, ExportRequest request, List<(string, Strata.Images.Bitmaps.DirtyBitmap)> list)
+    {
         foreach (var r in request.Bitmaps)
         {
             Strata.Images.Bitmaps.DirtyBitmap? bm = null;
@@ -172,7 +186,6 @@ public sealed class StorageDaemon : IAsyncDisposable
             Strata.Images.Bitmaps.DirtyBitmapSet.Check(bm, Strata.Images.Bitmaps.BitmapCheck.AllowReadOnly);
             list.Add((r.Name, bm));
         }
-        return list;
     }
 
     public async ValueTask DeleteExportAsync(string id, bool hard = false, CancellationToken ct = default)

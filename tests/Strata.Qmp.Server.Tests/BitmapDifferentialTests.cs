@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Text;
 using Xunit;
 
@@ -370,5 +371,81 @@ public sealed class BitmapPersistenceTests
         Assert.Equal(rewritten, await Bits(third));
         await third.QuitAsync();
         Check(third);
+    }
+}
+
+/// <summary>--export's bitmaps on the command line (keyval lists: bitmaps.0=NAME, bitmaps.1.node=N,bitmaps.1.name=B), against qsd.</summary>
+public sealed class BitmapCommandLineTests
+{
+    [Theory]
+    [InlineData("read-only=on", "bitmaps.0=b,bitmaps.1.node=d0,bitmaps.1.name=b2", false)]
+    [InlineData("read-only=off", "bitmaps.0=b", false)]
+    [InlineData("read-only=off", "bitmaps.0.node=d0,bitmaps.0.name=b,bitmaps.1=zz", false)]
+    [InlineData("read-only=off", "bitmaps=b", false)]
+    [InlineData("read-only=on", "bitmaps.0=b,bitmaps.1=b,bitmaps.2.node=d0,bitmaps.2.name=b", false)]
+    [InlineData("read-only=off", "bitmaps.0=b2", true)]
+    [InlineData("read-only=on", "bitmaps.0=b2", true)]
+    public async Task Export_bitmaps_from_the_command_line_as_in_qsd(string node, string bitmaps, bool leftInUse)
+    {
+        QemuTools.RequireTools("qemu-img", "qemu-io", "qemu-storage-daemon", "nbdinfo");
+        using var dir = new TempDir("bitmap-cli");
+        string image = dir.Combine("c.qcow2");
+        QemuTools.QemuImg("create", "-q", "-f", "qcow2", image, "4M").EnsureSuccess();
+        QemuTools.QemuImg("bitmap", "--add", "-g", "4096", image, "b").EnsureSuccess();
+        QemuTools.QemuImg("bitmap", "--add", "--disable", image, "b2").EnsureSuccess();
+        QemuTools.QemuIo("-c", "write -P 1 1M 6k", "-c", "write -P 2 3000 10", image).EnsureSuccess(); // recorded by b
+        if (leftInUse)
+        {
+            // qsd exits on a bad --export without storing its bitmaps: they stay marked in use, and load inconsistent.
+            var r = QemuTools.Run("qemu-storage-daemon", "--blockdev", $"driver=qcow2,node-name=d0,file.driver=file,file.filename={image}",
+                "--export", "type=nbd,id=e0,node-name=d0,bitmaps.0=zz");
+            Assert.True(r.ExitCode == 1, r.ToString());
+            Assert.Contains("in-use", QemuTools.QemuImg("info", image).StdOut, StringComparison.Ordinal);
+        }
+
+        var outcomes = new List<string>();
+        foreach (bool strata in new[] { false, true })
+        {
+            // Each daemon gets its own copy: qsd exits on a bad --export leaving the bitmaps marked in use.
+            string copy = dir.Combine(strata ? "s.qcow2" : "q.qcow2");
+            File.Copy(image, copy);
+            string sock = dir.Combine(strata ? "s.sock" : "q.sock");
+            string pid = dir.Combine(strata ? "s.pid" : "q.pid");
+            string[] args =
+            [
+                "--blockdev", $"driver=qcow2,node-name=d0,{node},file.driver=file,file.filename={copy}",
+                "--nbd-server", $"addr.type=unix,addr.path={sock}",
+                "--export", $"type=nbd,id=e0,node-name=d0,{bitmaps}",
+                "--pidfile", pid, // last: written once every export is up
+            ];
+            var psi = new ProcessStartInfo(strata ? "dotnet" : "qemu-storage-daemon") { WorkingDirectory = dir.Path };
+            foreach (var a in (string[])(strata ? [Daemons.StrataDll, "--log-level", "warning", .. args] : args))
+                psi.ArgumentList.Add(a);
+            await using var daemon = new BackgroundProcess(psi, strata ? "strata-daemon" : "qemu-storage-daemon");
+            var sw = Stopwatch.StartNew();
+            while (!File.Exists(pid) && !daemon.HasExited && sw.Elapsed < TimeSpan.FromSeconds(30))
+                await Task.Delay(50);
+            if (daemon.HasExited)
+            {
+                await daemon.WaitForExitAsync(); // output drained
+                // The message after the program's name, and the exit code.
+                var err = daemon.StandardError.Trim().Replace(copy, "IMAGE", StringComparison.Ordinal);
+                outcomes.Add($"exit {daemon.ExitCode}: {err[(err.IndexOf(':', StringComparison.Ordinal) + 1)..]}");
+                continue;
+            }
+
+            var text = new StringBuilder();
+            foreach (var ctx in new[] { "qemu:dirty-bitmap:b", "qemu:dirty-bitmap:b2" })
+            {
+                var map = QemuTools.Run("nbdinfo", $"--map={ctx}", $"nbd+unix:///d0?socket={sock}");
+                text.AppendLine($"{ctx}: exit {map.ExitCode}: {map.StdOut}{map.StdErr}");
+            }
+            var list = QemuTools.Run("nbdinfo", "--list", $"nbd+unix:///?socket={sock}");
+            text.AppendLine(list.StdOut.Replace(sock, "SOCK", StringComparison.Ordinal));
+            outcomes.Add(text.ToString());
+            await daemon.SignalAndWaitAsync("TERM");
+        }
+        Assert.Equal(outcomes[0], outcomes[1]);
+        Assert.DoesNotContain("exit 0: nbdinfo", outcomes[0], StringComparison.Ordinal);
     }
 }
