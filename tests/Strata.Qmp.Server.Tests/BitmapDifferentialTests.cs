@@ -65,7 +65,7 @@ public static class BitmapSuite
     public static Dictionary<string, SnapshotScenario> Scenarios { get; } = new()
     {
         ["commands: arguments, checks and messages on qcow2, raw, file, null-co, v2 and read-only nodes"] = new([
-            E("sh qemu-img create -q -f qcow2 -o compat=0.10 v2.qcow2 4M"),
+            E("sh qemu-img create -q -f qcow2 -o compat=0.10 v2.qcow2 4M && qemu-img bitmap --add a.qcow2 rb && qemu-img bitmap --add --disable a.qcow2 rd"),
             E(Caps),
             E(Qcow2("d0", "c.qcow2", "f0")),
             E("""{"execute":"blockdev-add","arguments":{"driver":"raw","node-name":"r0","file":{"driver":"file","node-name":"rf","filename":"$D/r.raw"}}}"""),
@@ -93,6 +93,8 @@ public static class BitmapSuite
             E(Bm("clear", "d0", "b1")), E(Bm("clear", "d0", "nope")), E(Bm("clear", "ro", "x")),
             E(Bm("enable", "d0", "b1")), E(Bm("disable", "d0", "b1")), E(Bm("disable", "d0", "b1")), E(Bm("enable", "ro", "x")),
             E(Bm("enable", "zz", "b1")), E(Bm("disable", "d0", "zz")),
+            E(Bm("clear", "ro", "rb")), E(Bm("disable", "ro", "rb")), E(Bm("enable", "ro", "rd")), E(Merge("ro", "rb", """["rd"]""")),
+            E(Merge("ro", "x", """["rb","rd"]""")), E(Sha("ro", "rb")), E(Bm("remove", "ro", "rd")), E(Add("ro", "rb")),
             E(Nodes),
         ], []),
 

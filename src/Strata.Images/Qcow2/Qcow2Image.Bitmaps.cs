@@ -104,7 +104,6 @@ public sealed partial class Qcow2Image
         ObjectDisposedException.ThrowIf(_disposed, this);
         if (_h.Bitmaps is not { Count: > 0 })
             return;
-        CheckWritable();
         await _lock.WaitAsync(ct).ConfigureAwait(false);
         try
         {
@@ -112,6 +111,7 @@ public sealed partial class Qcow2Image
             int i = slots.FindIndex(s => s.Name == name);
             if (i >= 0)
             {
+                CheckWritable(); // only a bitmap the file holds needs a write (one added to a read-only node does not)
                 var gone = slots[i];
                 slots.RemoveAt(i);
                 await UpdateDirectoryLockedAsync(slots, ct).ConfigureAwait(false);
