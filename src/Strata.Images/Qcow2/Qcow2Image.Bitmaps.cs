@@ -129,7 +129,8 @@ public sealed partial class Qcow2Image
     /// <summary>qcow2_truncate_bitmaps_check: every bitmap must be usable to follow a resize (an inconsistent one is not).</summary>
     private void CheckBitmapsResizable(long newSize)
     {
-        foreach (var b in _bitmaps.All)
+        // Oldest first: loaded bitmaps in directory order, as qsd names the first inconsistent one.
+        foreach (var b in _bitmaps.All.Reverse())
         {
             DirtyBitmapSet.Check(b, BitmapCheck.Default);
             if (((newSize + b.Granularity - 1) >> b.GranularityBits) > DirtyBitmap.MaxBits)
