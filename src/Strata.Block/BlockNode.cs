@@ -389,10 +389,13 @@ public abstract class BlockNode : IImage, IBlockParent
     public ValueTask<BlockStatus> GetBlockStatusAsync(long offset, long length, CancellationToken ct = default) =>
         Inner.GetBlockStatusAsync(offset, length, ct);
 
-    public ValueTask ResizeAsync(long newSize, bool allowShrink, Preallocation prealloc = Preallocation.Off, CancellationToken ct = default)
+    public async ValueTask ResizeAsync(long newSize, bool allowShrink, Preallocation prealloc = Preallocation.Off, CancellationToken ct = default)
     {
         CheckWritable();
-        return Inner.ResizeAsync(newSize, allowShrink, prealloc, ct);
+        await Inner.ResizeAsync(newSize, allowShrink, prealloc, ct).ConfigureAwait(false);
+        // bdrv_dirty_bitmap_truncate for the node's own bitmaps (a qcow2 image resizes its own); whole sectors, as bdrv_getlength.
+        foreach (var b in _ownBitmaps.All)
+            b.Resize((Size + 511) / 512 * 512);
     }
 
     public override string ToString() => $"{Driver} node '{NodeName}'";

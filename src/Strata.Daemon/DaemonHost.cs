@@ -129,8 +129,6 @@ internal sealed class DaemonHost
                     if (type != "nbd")
                         throw new BlockException($"Parameter 'type' does not accept value '{type}'");
                     var req = ExportRequest.Read(o);
-                    if (o.GetNode("bitmaps") is JsonNode)
-                        throw new BlockException("Exporting dirty bitmaps is not supported yet");
                     o.GetString("iothread");
                     o.GetBool("fixed-iothread");
                     o.EnsureAllRead();

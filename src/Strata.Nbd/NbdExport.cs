@@ -74,13 +74,13 @@ public sealed class NbdExport
         _contexts = new INbdMetaContextProvider?[2 + options.MetaContexts.Count];
         _contexts[0] = new BaseAllocationContext(image, Chain);
         _contexts[1] = options.AllocationDepth ? new AllocationDepthContext(image, Chain) : null;
-        var seen = new HashSet<string>(StringComparer.Ordinal) { BaseAllocationContext.ContextName, AllocationDepthContext.ContextName };
         for (int i = 0; i < options.MetaContexts.Count; i++)
         {
             var p = options.MetaContexts[i] ?? throw new ArgumentException("null meta context provider", nameof(options));
             if (string.IsNullOrEmpty(p.Name) || !p.Name.Contains(':', StringComparison.Ordinal) || Encoding.UTF8.GetByteCount(p.Name) > NbdConstants.MaxStringSize)
                 throw new ArgumentException($"invalid meta context name '{p.Name}'", nameof(options));
-            if (!seen.Add(p.Name))
+            // A name offered twice gets two ids, as QEMU does for a bitmap listed twice; only the built-in ones are unique.
+            if (p.Name is BaseAllocationContext.ContextName or AllocationDepthContext.ContextName)
                 throw new ArgumentException($"meta context '{p.Name}' is offered twice", nameof(options));
             _contexts[2 + i] = p;
         }

@@ -70,7 +70,7 @@ public static partial class SnapshotSuite
         Assert.True(report.Length == 0, report.ToString());
     }
 
-    private static void CompareAnswers(Step[] steps, List<IReadOnlyList<string>> e, List<IReadOnlyList<string>> a, StringBuilder report)
+    internal static void CompareAnswers(Step[] steps, List<IReadOnlyList<string>> e, List<IReadOnlyList<string>> a, StringBuilder report)
     {
         for (var i = 0; i < steps.Length; i++)
         {
@@ -97,7 +97,7 @@ public static partial class SnapshotSuite
         }
     }
 
-    private static void CompareFiles(SnapshotScenario scenario, ScriptedDaemon qsd, ScriptedDaemon strata, StringBuilder report)
+    internal static void CompareFiles(SnapshotScenario scenario, ScriptedDaemon qsd, ScriptedDaemon strata, StringBuilder report)
     {
         var qFiles = qsd.Files();
         var sFiles = strata.Files();

@@ -78,6 +78,13 @@ public sealed class ScriptedDaemon : IAsyncDisposable
             return [$"exit {r.ExitCode}: {Norm(r.StdOut + r.StdErr).Trim()}"];
         }
 
+        if (step.StartsWith("sh ", StringComparison.Ordinal))
+        {
+            // A shell line in the daemon's directory (nbdinfo --map over the socket, preparing a file with QEMU's tools).
+            var r = QemuTools.RunIn(Directory, "sh", "-c", step[3..].Replace("$D", Directory, StringComparison.Ordinal));
+            return [$"exit {r.ExitCode}: {Norm(r.StdOut + r.StdErr).Trim()}"];
+        }
+
         if (step.StartsWith("mkdir ", StringComparison.Ordinal))
         {
             System.IO.Directory.CreateDirectory(Path.Combine(Directory, step[6..]));

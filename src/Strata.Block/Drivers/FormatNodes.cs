@@ -75,6 +75,7 @@ public sealed class Qcow2Node : BlockNode
                 OwnsBacking = false,
                 ReadOnly = settings.ReadOnly,
             }, ct).ConfigureAwait(false);
+            node.Image.NodeName = name; // bitmap messages name the node
             return node;
         }
         catch (ImageException e)

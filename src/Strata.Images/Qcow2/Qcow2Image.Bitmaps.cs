@@ -90,36 +90,47 @@ public sealed partial class Qcow2Image
         ObjectDisposedException.ThrowIf(_disposed, this);
         var bm = _bitmaps.Lookup(name);
         DirtyBitmapSet.Check(bm, BitmapCheck.Busy | BitmapCheck.ReadOnly);
-        if (bm.Persistent && _h.Bitmaps is { Count: > 0 })
+        if (bm.Persistent)
+            await RemoveStoredBitmapAsync(name, ct).ConfigureAwait(false);
+        _bitmaps.Remove(bm);
+    }
+
+    /// <summary>
+    /// bdrv_remove_persistent_dirty_bitmap: the named bitmap leaves the image's directory now (its clusters freed);
+    /// the bitmap in memory stays (a transaction's remove releases it only at commit). Absent = nothing to do.
+    /// </summary>
+    public async ValueTask RemoveStoredBitmapAsync(string name, CancellationToken ct = default)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (_h.Bitmaps is not { Count: > 0 })
+            return;
+        await _lock.WaitAsync(ct).ConfigureAwait(false);
+        try
         {
-            CheckWritable();
-            await _lock.WaitAsync(ct).ConfigureAwait(false);
-            try
+            var slots = await LoadSlotsLockedAsync(ct).ConfigureAwait(false);
+            int i = slots.FindIndex(s => s.Name == name);
+            if (i >= 0)
             {
-                var slots = await LoadSlotsLockedAsync(ct).ConfigureAwait(false);
-                int i = slots.FindIndex(s => s.Name == name);
-                if (i >= 0)
-                {
-                    var gone = slots[i];
-                    slots.RemoveAt(i);
-                    await UpdateDirectoryLockedAsync(slots, ct).ConfigureAwait(false);
-                    await FreeBitmapClustersLockedAsync(gone.TableOffset, gone.TableSize, ct).ConfigureAwait(false);
-                    await FlushMetadataLockedAsync(ct).ConfigureAwait(false);
-                    await DiscardFreedBitmapDataLockedAsync(ct).ConfigureAwait(false);
-                }
-            }
-            finally
-            {
-                Unlock();
+                CheckWritable(); // only a bitmap the file holds needs a write (one added to a read-only node does not)
+                var gone = slots[i];
+                slots.RemoveAt(i);
+                await UpdateDirectoryLockedAsync(slots, ct).ConfigureAwait(false);
+                await FreeBitmapClustersLockedAsync(gone.TableOffset, gone.TableSize, ct).ConfigureAwait(false);
+                await FlushMetadataLockedAsync(ct).ConfigureAwait(false);
+                await DiscardFreedBitmapDataLockedAsync(ct).ConfigureAwait(false);
             }
         }
-        _bitmaps.Remove(bm);
+        finally
+        {
+            Unlock();
+        }
     }
 
     /// <summary>qcow2_truncate_bitmaps_check: every bitmap must be usable to follow a resize (an inconsistent one is not).</summary>
     private void CheckBitmapsResizable(long newSize)
     {
-        foreach (var b in _bitmaps.All)
+        // Oldest first: loaded bitmaps in directory order, as qsd names the first inconsistent one.
+        foreach (var b in _bitmaps.All.Reverse())
         {
             DirtyBitmapSet.Check(b, BitmapCheck.Default);
             if (((newSize + b.Granularity - 1) >> b.GranularityBits) > DirtyBitmap.MaxBits)
@@ -165,7 +176,7 @@ public sealed partial class Qcow2Image
                 throw new BitmapException($"Bitmap already exists: {e.Name} in '{_file.Name}'");
             if (((Size + e.Granularity - 1) >> e.GranularityBits) > DirtyBitmap.MaxBits)
                 throw new CorruptImageException($"Bitmap '{e.Name}' is too large for the disk (granularity {e.Granularity}) in '{_file.Name}'");
-            var bm = new DirtyBitmap(Size, e.Granularity, e.Name) { Persistent = true, Enabled = e.Auto, ReadOnly = _readOnly };
+            var bm = new DirtyBitmap(Size, e.Granularity, e.Name) { Persistent = true, Enabled = e.Auto && !e.InUse, ReadOnly = _readOnly };
             if (e.InUse)
                 bm.Inconsistent = true;
             else

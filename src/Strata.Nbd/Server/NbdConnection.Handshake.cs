@@ -447,7 +447,13 @@ internal sealed partial class NbdConnection
             var c = contexts[id];
             if (c == null)
                 continue;
-            if (c.Name == text || (prefix && c.Name.StartsWith(text, StringComparison.Ordinal)))
+            if (c.Name == text)
+            {
+                // QEMU stops at the first context of that name (a bitmap exported twice is selected once).
+                selected[id] = true;
+                break;
+            }
+            if (prefix && c.Name.StartsWith(text, StringComparison.Ordinal))
                 selected[id] = true;
         }
         return true;

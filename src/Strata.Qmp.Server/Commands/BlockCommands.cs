@@ -4,6 +4,7 @@ using System.Text.Json.Nodes;
 using Strata.Block;
 using Strata.Block.Drivers;
 using Strata.Images;
+using Strata.Images.Qcow2;
 
 namespace Strata.Qmp.Server.Commands;
 
@@ -63,7 +64,11 @@ internal static class BlockCommands
         foreach (var n in nodes)
             if (n is Qcow2Node q && q.Image.LoadedSnapshots == null)
                 await q.Image.GetSnapshotsAsync(ct).ConfigureAwait(false);
-        var list = nodes.Select(n => NodeInfo.DeviceInfo(c.Daemon.Graph, n, flat)).ToList();
+        var directories = new Dictionary<BlockNode, IReadOnlyList<BitmapDirectoryEntry>>();
+        foreach (var n in nodes)
+            if (n is Qcow2Node q)
+                directories[n] = await q.Image.ReadBitmapDirectoryAsync(ct).ConfigureAwait(false);
+        var list = nodes.Select(n => NodeInfo.DeviceInfo(c.Daemon.Graph, n, flat, directories)).ToList();
         return Args.Value(list, QmpJsonContext.Default.ListBlockDeviceInfo);
     }
 

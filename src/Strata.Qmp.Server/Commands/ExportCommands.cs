@@ -51,11 +51,6 @@ internal static class ExportCommands
             throw new BlockException($"Export type '{type}' is not supported by strata-daemon");
         }
 
-        if (args.Member("bitmaps") is { } bitmaps && bitmaps.GetArrayLength() > 0)
-        {
-            throw new BlockException("Exporting dirty bitmaps is not supported by strata-daemon yet");
-        }
-
         c.Daemon.AddExport(ExportRequest.Read(new BlockOptions(JsonObject.Create(args)!)));
         return Args.Empty;
     }
@@ -71,11 +66,6 @@ internal static class ExportCommands
     {
         var device = args.ReqStr("device");
         var node = c.Daemon.Graph.Get(device);
-        if (args.Str("bitmap") is not null)
-        {
-            throw new BlockException("Exporting dirty bitmaps is not supported by strata-daemon yet");
-        }
-
         var name = args.Str("name") ?? device;
         c.Daemon.AddExport(new ExportRequest(
             Id: name,
@@ -83,7 +73,10 @@ internal static class ExportCommands
             Name: name,
             Description: args.Str("description"),
             // nbd-server-add quietly exports a read-only node read-only
-            Writable: (args.Bool("writable") ?? false) && !node.IsReadOnly));
+            Writable: (args.Bool("writable") ?? false) && !node.IsReadOnly)
+        {
+            Bitmaps = args.Str("bitmap") is { } bitmap ? [new Strata.Block.Bitmaps.BitmapRef(null, bitmap)] : [],
+        });
         return Args.Empty;
     }
 

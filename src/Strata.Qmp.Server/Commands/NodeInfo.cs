@@ -3,6 +3,7 @@ using Strata.Block;
 using Strata.Block.Drivers;
 using Strata.Block.Snapshots;
 using Strata.Images.Format;
+using Strata.Images.Qcow2;
 
 namespace Strata.Qmp.Server.Commands;
 
@@ -18,9 +19,11 @@ internal static class NodeInfo
     /// </summary>
     public static List<BlockNode> InNamingOrder(BlockGraph graph) => graph.Nodes.OrderBy(n => n.NamingOrder).ToList();
 
-    public static BlockDeviceInfo DeviceInfo(BlockGraph graph, BlockNode node, bool flat)
+    /// <param name="directories">Each qcow2 node's bitmap directory as on disk (ImageInfoSpecificQCow2's "bitmaps").</param>
+    public static BlockDeviceInfo DeviceInfo(BlockGraph graph, BlockNode node, bool flat,
+        IReadOnlyDictionary<BlockNode, IReadOnlyList<BitmapDirectoryEntry>>? directories = null)
     {
-        var image = Image(graph, node, flat);
+        var image = Image(graph, node, flat, directories);
         int depth = 0;
         for (var i = image.BackingImage; i is not null; i = i.BackingImage)
         {
@@ -47,11 +50,31 @@ internal static class NodeInfo
             Image = image,
             Cache = new BlockdevCacheInfo { Writeback = true, Direct = node.Settings.Direct, NoFlush = node.Settings.NoFlush },
             WriteThreshold = 0,
+            DirtyBitmaps = DirtyBitmaps(node),
         };
     }
 
+    /// <summary>bdrv_query_dirty_bitmaps: the node's bitmaps newest first, no member when there are none.</summary>
+    private static List<BlockDirtyInfo>? DirtyBitmaps(BlockNode node)
+    {
+        var all = node.DirtyBitmaps.All;
+        if (all.Count == 0)
+            return null;
+        return all.Select(b => new BlockDirtyInfo
+        {
+            Name = b.Name,
+            Count = b.DirtyBytes,
+            Granularity = b.Granularity,
+            Recording = b.Enabled,
+            Busy = b.Busy,
+            Persistent = b.Persistent,
+            Inconsistent = b.Inconsistent ? true : null,
+        }).ToList();
+    }
+
     /// <summary>ImageInfo (bdrv_query_image_info): with the backing chain's images unless <paramref name="flat"/>.</summary>
-    public static ImageInfo Image(BlockGraph graph, BlockNode node, bool flat)
+    public static ImageInfo Image(BlockGraph graph, BlockNode node, bool flat,
+        IReadOnlyDictionary<BlockNode, IReadOnlyList<BitmapDirectoryEntry>>? directories = null)
     {
         long actual = node.Storage.AllocatedBytes;
         var info = new ImageInfo
@@ -86,13 +109,28 @@ internal static class NodeInfo
                         ExtendedL2 = h.ExtendedL2,
                         RefcountBits = h.RefcountBits,
                         CompressionType = Compression(h),
+                        Bitmaps = StoredBitmaps(directories, node),
                     }),
                 Snapshots = Snapshots(q.Image.LoadedSnapshots),
-                BackingImage = !flat && node.BackingChild is { } b ? Image(graph, b, flat) : null,
+                BackingImage = !flat && node.BackingChild is { } b ? Image(graph, b, flat, directories) : null,
             };
         }
 
         return info;
+    }
+
+    /// <summary>qcow2_get_bitmap_info_list: the directory on disk, in its order; no member when it is empty.</summary>
+    private static List<Qcow2BitmapInfo>? StoredBitmaps(IReadOnlyDictionary<BlockNode, IReadOnlyList<BitmapDirectoryEntry>>? directories, BlockNode node)
+    {
+        if (directories is null || !directories.TryGetValue(node, out var dir) || dir.Count == 0)
+            return null;
+        return dir.Select(e =>
+        {
+            var flags = e.FlagNames().ToList();
+            if ((e.Flags & ~(BitmapDirectoryEntry.FlagInUse | BitmapDirectoryEntry.FlagAuto)) != 0)
+                flags.Add("unknown");
+            return new Qcow2BitmapInfo { Name = e.Name, Granularity = e.Granularity, Flags = flags };
+        }).ToList();
     }
 
     /// <summary>bdrv_query_snapshot_info_list: no member at all when the table is empty.</summary>

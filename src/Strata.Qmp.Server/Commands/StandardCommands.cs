@@ -36,6 +36,16 @@ public static class StandardCommands
             SnapshotCommands.BlockdevSnapshotDeleteInternalSyncAsync));
         t.Add(new("transaction", TransactionCommands.Arguments, empty, TransactionCommands.TransactionAsync));
 
+        // live dirty bitmaps
+        t.Add(new("block-dirty-bitmap-add", BitmapTypes.BlockDirtyBitmapAdd, empty, BitmapCommands.AddAsync));
+        t.Add(new("block-dirty-bitmap-remove", BitmapTypes.BlockDirtyBitmap, empty, BitmapCommands.RemoveAsync));
+        t.Add(new("block-dirty-bitmap-clear", BitmapTypes.BlockDirtyBitmap, empty, BitmapCommands.ClearAsync));
+        t.Add(new("block-dirty-bitmap-enable", BitmapTypes.BlockDirtyBitmap, empty, BitmapCommands.EnableAsync));
+        t.Add(new("block-dirty-bitmap-disable", BitmapTypes.BlockDirtyBitmap, empty, BitmapCommands.DisableAsync));
+        t.Add(new("block-dirty-bitmap-merge", BitmapTypes.BlockDirtyBitmapMerge, empty, BitmapCommands.MergeAsync));
+        t.Add(new("x-debug-block-dirty-bitmap-sha256", BitmapTypes.BlockDirtyBitmap, BitmapTypes.BlockDirtyBitmapSha256,
+            BitmapCommands.Sha256Async) { Features = ["unstable"] });
+
         // NBD server and exports
         t.Add(new("nbd-server-start", QmpTypes.NbdServerStartArgs, empty, ExportCommands.NbdServerStartAsync));
         t.Add(new("nbd-server-add", QmpTypes.NbdServerAddArgs, empty, ExportCommands.NbdServerAddAsync) { Features = ["deprecated"] });

@@ -14,6 +14,12 @@ internal static class TransactionCommands
     public static IReadOnlyList<(string Kind, QapiObject Data, Func<JsonElement, ITransactionAction> Create)> Actions { get; } =
     [
         ("abort", SnapshotTypes.Abort, _ => new AbortAction()),
+        ("block-dirty-bitmap-add", BitmapTypes.BlockDirtyBitmapAdd, BitmapCommands.AddAction),
+        ("block-dirty-bitmap-remove", BitmapTypes.BlockDirtyBitmap, BitmapCommands.RemoveAction),
+        ("block-dirty-bitmap-clear", BitmapTypes.BlockDirtyBitmap, BitmapCommands.ClearAction),
+        ("block-dirty-bitmap-enable", BitmapTypes.BlockDirtyBitmap, BitmapCommands.EnableAction),
+        ("block-dirty-bitmap-disable", BitmapTypes.BlockDirtyBitmap, BitmapCommands.DisableAction),
+        ("block-dirty-bitmap-merge", BitmapTypes.BlockDirtyBitmapMerge, BitmapCommands.MergeAction),
         ("blockdev-snapshot", SnapshotTypes.BlockdevSnapshot, SnapshotCommands.OverlayAction),
         ("blockdev-snapshot-internal-sync", SnapshotTypes.BlockdevSnapshotInternal, SnapshotCommands.InternalAction),
         ("blockdev-snapshot-sync", SnapshotTypes.BlockdevSnapshotSync, SnapshotCommands.SyncAction),

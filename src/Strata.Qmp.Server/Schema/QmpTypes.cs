@@ -197,7 +197,7 @@ public static class QmpTypes
         ("vsock", new QapiObject("VsockSocketAddressWrapper", Req("data", VsockSocketAddress))),
         ("fd", new QapiObject("StringWrapper", Req("data", StringWrapper))));
 
-    private static readonly QapiAlternate BlockDirtyBitmapOrStr = new("BlockDirtyBitmapOrStr", Str,
+    internal static readonly QapiAlternate BlockDirtyBitmapOrStr = new("BlockDirtyBitmapOrStr", Str,
         new QapiObject("BlockDirtyBitmap", Req("node", Str), Req("name", Str)));
 
     public static QapiObject BlockExportOptions { get; } = new("BlockExportOptions",
