@@ -57,6 +57,7 @@ internal sealed class DaemonHost
         _log.LogInformation("strata-daemon ready");
         await _stop.Task.ConfigureAwait(false);
         _log.LogInformation("Shutting down: draining exports, flushing and closing images");
+        await daemon.ShutdownAsync().ConfigureAwait(false);
         if (_monitors != null)
             await _monitors.DisposeAsync().ConfigureAwait(false);
 

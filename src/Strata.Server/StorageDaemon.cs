@@ -230,21 +230,40 @@ public sealed class StorageDaemon : IAsyncDisposable
         Raise("BLOCK_EXPORT_DELETED", ("id", export.Id));
     }
 
-    /// <summary>Shutdown: exports drained and removed, images flushed and closed, sockets closed.</summary>
-    public async ValueTask DisposeAsync()
+    private Task? _shutdown;
+
+    /// <summary>
+    /// Shutdown in qemu-storage-daemon's order: exports drained and removed (BLOCK_EXPORT_DELETED each), jobs
+    /// cancelled, images flushed and closed. Call it while monitors are still connected, so that they see those
+    /// events as qsd's monitors do; later calls wait for the first.
+    /// </summary>
+    public Task ShutdownAsync()
     {
-        await Jobs.CancelAllAsync(TimeSpan.FromSeconds(10)).ConfigureAwait(false);
-        if (_nbd != null)
+        lock (_exports)
+            return _shutdown ??= ShutdownCoreAsync();
+    }
+
+    /// <summary>The first step of the shutdown (blk_exp_close_all): every export removed, the NBD server stopped.</summary>
+    public async ValueTask CloseExportsAsync(CancellationToken ct = default)
+    {
+        if (_nbd == null)
+            return;
+        try
         {
-            try
-            {
-                await StopNbdServerAsync().ConfigureAwait(false);
-            }
-            catch (Exception e) when (e is BlockException or IOException)
-            {
-                _log.LogWarning("Stopping the NBD server: {Message}", e.Message);
-            }
+            await StopNbdServerAsync(ct).ConfigureAwait(false);
         }
+        catch (Exception e) when (e is BlockException or IOException)
+        {
+            _log.LogWarning("Stopping the NBD server: {Message}", e.Message);
+        }
+    }
+
+    private async Task ShutdownCoreAsync()
+    {
+        await CloseExportsAsync().ConfigureAwait(false);
+        await Jobs.CancelAllAsync(TimeSpan.FromSeconds(10)).ConfigureAwait(false);
         await Graph.DisposeAsync().ConfigureAwait(false);
     }
+
+    public async ValueTask DisposeAsync() => await ShutdownAsync().ConfigureAwait(false);
 }

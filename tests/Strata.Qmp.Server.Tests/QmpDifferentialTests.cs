@@ -238,6 +238,15 @@ public sealed class QmpDifferentialTests
             E(Caps),
             E("""{"execute":"quit","id":"bye"}"""),
         ],
+        // qsd closes its exports before quit's reply goes out: the step reads BLOCK_EXPORT_DELETED, then the reply.
+        ["quit-with-exports"] =
+        [
+            E(Caps),
+            E("""{"execute":"nbd-server-start","arguments":{"addr":{"type":"unix","data":{"path":"$D/q.sock"}}}}"""),
+            E("""{"execute":"blockdev-add","arguments":{"driver":"raw","node-name":"r0","file":{"driver":"file","filename":"$D/r.raw"}}}"""),
+            E("""{"execute":"block-export-add","arguments":{"type":"nbd","id":"e0","node-name":"r0","writable":true}}"""),
+            E("""{"execute":"quit","id":"bye"}"""),
+        ],
     };
 
     private static string FirstDifference(string e, string a)

@@ -40,9 +40,14 @@ internal static class ControlCommands
     public static ValueTask<JsonElement> QueryQmpSchemaAsync(QmpCommandContext c, JsonElement args, CancellationToken ct) =>
         ValueTask.FromResult(c.Server.Schema);
 
-    public static ValueTask<JsonElement> QuitAsync(QmpCommandContext c, JsonElement args, CancellationToken ct)
+    /// <summary>
+    /// quit: qsd leaves its main loop before the reply goes out and closes its exports first, so a monitor sees
+    /// BLOCK_EXPORT_DELETED before quit's reply; the rest of the shutdown follows the reply.
+    /// </summary>
+    public static async ValueTask<JsonElement> QuitAsync(QmpCommandContext c, JsonElement args, CancellationToken ct)
     {
+        await c.Daemon.CloseExportsAsync(ct).ConfigureAwait(false);
         c.Session.QuitRequested = true;
-        return Args.Empty;
+        return await Args.Empty.ConfigureAwait(false);
     }
 }
