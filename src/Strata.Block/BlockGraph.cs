@@ -1,5 +1,6 @@
 using System.Text.Json.Nodes;
 using Strata.Block.Drivers;
+using Strata.Block.Drivers.Blkdebug;
 using Strata.Images;
 using Strata.Images.Format;
 
@@ -58,7 +59,7 @@ public sealed class BlockGraph : IAsyncDisposable
 
     private static readonly Dictionary<string, string> Drivers = new()
     {
-        ["file"] = "file", ["qcow2"] = "qcow2", ["raw"] = "raw", ["null-co"] = "null-co",
+        ["file"] = "file", ["qcow2"] = "qcow2", ["raw"] = "raw", ["null-co"] = "null-co", ["blkdebug"] = "blkdebug",
     };
 
     private static readonly string[] KnownDrivers =
@@ -124,6 +125,16 @@ public sealed class BlockGraph : IAsyncDisposable
                 node = NullNode.Open(nodeName ?? NextAutoName(), settings, autoNamed, o);
                 node.NamingOrder = ++_namingCounter;
                 break;
+            case "blkdebug":
+            {
+                // A protocol driver: QEMU names it before its open opens the image child.
+                long order = ++_namingCounter;
+                string name = nodeName ?? NextAutoName();
+                node = await BlkdebugNode.OpenAsync(name, settings, autoNamed, o,
+                    image => ChildAsync(o, "image", settings, opened, ct, image)).ConfigureAwait(false);
+                node.NamingOrder = order;
+                break;
+            }
             case "raw":
             {
                 var file = await ChildAsync(o, "file", settings, opened, ct).ConfigureAwait(false);

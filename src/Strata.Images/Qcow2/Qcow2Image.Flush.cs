@@ -1,4 +1,5 @@
 using System.Buffers.Binary;
+using Strata.Images.Storage;
 using static Strata.Images.Qcow2.Qcow2Constants;
 
 namespace Strata.Images.Qcow2;
@@ -13,6 +14,7 @@ public sealed partial class Qcow2Image
         await _lock.WaitAsync(ct).ConfigureAwait(false);
         try
         {
+            _file.Event(DebugEvent.FlushToOs);
             await FlushMetadataLockedAsync(ct).ConfigureAwait(false);
         }
         finally
@@ -35,6 +37,7 @@ public sealed partial class Qcow2Image
             await _rc.WriteDirtyAsync(ct).ConfigureAwait(false);
 
         // 2. This flush makes guest data and refcounts durable before the L2 entries that reference them.
+        _file.Event(DebugEvent.FlushToDisk);
         await _file.FlushAsync(ct).ConfigureAwait(false);
 
         if (_l2Cache.HasDirty)
@@ -109,6 +112,7 @@ public sealed partial class Qcow2Image
                 n++;
             for (int k = 0; k < n; k++)
                 BinaryPrimitives.WriteUInt64BigEndian(buf.AsSpan(k * 8), _l1[start + k]);
+            _file.Event(DebugEvent.L1Update);
             await _file.WriteAsync(buf.AsMemory(0, n * 8), _h.L1TableOffset + start * 8L, ct).ConfigureAwait(false);
             i += n;
         }

@@ -1,5 +1,6 @@
 using System.Buffers;
 using Strata.Images.Format;
+using Strata.Images.Storage;
 using static Strata.Images.Qcow2.Qcow2Constants;
 
 namespace Strata.Images.Qcow2;
@@ -67,6 +68,7 @@ public sealed partial class Qcow2Image
             {
                 try
                 {
+                    _file.Event(DebugEvent.WriteAio);
                     await _file.WriteAsync(data[..n], host, ct).ConfigureAwait(false);
                 }
                 finally
@@ -324,6 +326,7 @@ public sealed partial class Qcow2Image
         if (off != 0 && (e & OflagCopied) != 0)
             return (await GetL2Async(guestOffset, ct).ConfigureAwait(false))!;
 
+        _file.Event(DebugEvent.L2AllocWrite);
         long newL2 = await _rc.AllocateClustersAsync(1, ct).ConfigureAwait(false);
         CachedTable t;
         if (off == 0)

@@ -74,7 +74,10 @@ public sealed partial class Qcow2Image : IImage
         _scBits = _cb - 5;
         _l1 = l1;
         long l2Bytes = options.L2CacheSize ?? Math.Min(32L << 20, Math.Max((long)_cs * 2, (header.L1Size + 1L) * _cs));
-        _l2Cache = new MetadataCache(file, _cs, (int)Math.Clamp(l2Bytes / _cs, 2, 1 << 20));
+        _l2Cache = new MetadataCache(file, _cs, (int)Math.Clamp(l2Bytes / _cs, 2, 1 << 20))
+        {
+            LoadEvent = DebugEvent.L2Load, UpdateEvent = DebugEvent.L2Update,
+        };
         long rcBytes = options.RefcountCacheSize ?? Math.Max(4L * _cs, 256 * 1024);
         _metadata = new MetadataMap(_cb);
         _rc = new RefcountTable(file, header, refTable, (int)Math.Clamp(rcBytes / _cs, 2, 1 << 20), _metadata);

@@ -41,7 +41,10 @@ internal sealed class RefcountTable
         _blockBits = _clusterBits + 3 - _order;
         _max = _order == 6 ? ulong.MaxValue : (1UL << (1 << _order)) - 1;
         _table = table;
-        Blocks = new MetadataCache(storage, _clusterSize, cacheTables);
+        Blocks = new MetadataCache(storage, _clusterSize, cacheTables)
+        {
+            LoadEvent = DebugEvent.RefblockLoad, UpdateEvent = DebugEvent.RefblockUpdatePart,
+        };
     }
 
     public MetadataCache Blocks { get; }
@@ -329,6 +332,7 @@ internal sealed class RefcountTable
     /// <summary>A refcount block for the range containing <paramref name="clusterIndex"/> (QEMU's alloc_refcount_block).</summary>
     private async ValueTask AllocateBlockAsync(long clusterIndex, CancellationToken ct)
     {
+        _storage.Event(DebugEvent.RefblockAlloc);
         long tableIndex = clusterIndex >> _blockBits;
         long newBlock = (await FindFreeAsync(1, ct).ConfigureAwait(false)) << _clusterBits;
         if (newBlock == 0)

@@ -1,0 +1,102 @@
+using Strata.Images.Format;
+using Strata.Images.Raw;
+
+namespace Strata.Block.Drivers.Blkdebug;
+
+/// <summary>
+/// The "blkdebug" filter (QEMU's fault injection): passes requests to its image child, failing those the rules pick.
+/// A format node on top (its file child) reports its events to it through its storage.
+/// </summary>
+public sealed class BlkdebugNode : BlockNode
+{
+    private readonly BlockNode _image;
+    private readonly RawImage _raw;
+
+    private BlkdebugNode(string name, BlockNodeSettings settings, bool autoNamed, BlockNode image, BlkdebugRules rules,
+        string? configFile, int align)
+        : base(name, "blkdebug", settings, autoNamed)
+    {
+        _image = image;
+        Rules = rules;
+        ConfigFile = configFile;
+        _raw = new RawImage(new BlkdebugStorage(image.Storage, rules, FileNameOf(configFile, image), align));
+    }
+
+    public BlkdebugRules Rules { get; }
+    public string? ConfigFile { get; }
+
+    /// <summary>QEMU's blkdebug:CONFIG:IMAGE name (what its filename syntax takes).</summary>
+    public override string FileName => FileNameOf(ConfigFile, _image);
+    protected override IImage Inner => _raw;
+
+    private static string FileNameOf(string? config, BlockNode image) => $"blkdebug:{config}:{image.FileName}";
+
+    /// <summary>blkdebug_open: rules first (config file, then the option lists), then the image child, then the limits.</summary>
+    internal static async ValueTask<BlkdebugNode> OpenAsync(string name, BlockNodeSettings settings, bool autoNamed, BlockOptions o,
+        Func<System.Text.Json.Nodes.JsonNode?, ValueTask<BlockNode>> openImage)
+    {
+        var imageOption = o.GetNode("image");
+        string? config = o.GetString("config");
+        long align = o.GetInt("align") ?? 0;
+        long maxTransfer = o.GetInt("max-transfer") ?? 0;
+        long optWriteZero = o.GetInt("opt-write-zero") ?? 0;
+        long maxWriteZero = o.GetInt("max-write-zero") ?? 0;
+        long optDiscard = o.GetInt("opt-discard") ?? 0;
+        long maxDiscard = o.GetInt("max-discard") ?? 0;
+        ReadPermissionList(o, "take-child-perms");
+        ReadPermissionList(o, "unshare-child-perms");
+        var ruleList = BlkdebugConfig.Read(config, o);
+        o.EnsureAllRead();
+        if (imageOption == null)
+            throw new BlockException("Parameter 'image' is missing");
+
+        var image = await openImage(imageOption).ConfigureAwait(false);
+        // QEMU's checks of the limits (QEMU_OPT_SIZE: negative numbers are huge).
+        if (align != 0 && ((ulong)align >= int.MaxValue || (align & (align - 1)) != 0))
+            throw new BlockException($"Cannot meet constraints with align {(ulong)align}");
+        long a = Math.Max(align, image.Storage.RequestAlignment);
+        CheckLimit("max-transfer", maxTransfer, a);
+        CheckLimit("opt-write-zero", optWriteZero, a);
+        CheckLimit("max-write-zero", maxWriteZero, Math.Max(optWriteZero, a));
+        CheckLimit("opt-discard", optDiscard, a);
+        CheckLimit("max-discard", maxDiscard, Math.Max(optDiscard, a));
+
+        var rules = new BlkdebugRules(ruleList);
+        var node = new BlkdebugNode(name, settings, autoNamed, image, rules, config, (int)align);
+        node.AttachChild(image, "image", ChildRole.Filtered);
+        rules.OnEvent(Images.Storage.DebugEvent.None);
+        return node;
+    }
+
+    private static void CheckLimit(string key, long value, long multipleOf)
+    {
+        if (value != 0 && ((ulong)value >= int.MaxValue || value % multipleOf != 0))
+            throw new BlockException($"Cannot meet constraints with {key} {(ulong)value}");
+    }
+
+    private static readonly Dictionary<string, int> Permissions = new()
+    {
+        ["consistent-read"] = 0, ["write"] = 1, ["write-unchanged"] = 2, ["resize"] = 3,
+    };
+
+    /// <summary>take-child-perms / unshare-child-perms: accepted and checked; Strata's filter takes what its parents take.</summary>
+    private static void ReadPermissionList(BlockOptions o, string key)
+    {
+        var node = o.GetNode(key);
+        if (node == null)
+            return;
+        if (node is not System.Text.Json.Nodes.JsonArray arr)
+            throw new BlockException($"Invalid parameter type for '{o.Prefix}{key}', expected: array");
+        for (int i = 0; i < arr.Count; i++)
+        {
+            string? s = arr[i] is System.Text.Json.Nodes.JsonValue v && v.TryGetValue<string>(out var t) ? t : null;
+            if (s == null)
+                throw new BlockException($"Invalid parameter type for '{o.Prefix}{key}[{i}]', expected: string");
+            if (!Permissions.ContainsKey(s))
+                throw new BlockException($"Parameter '{o.Prefix}{key}[{i}]' does not accept value '{s}'");
+        }
+    }
+
+    /// <summary>The image child is a node of the graph of its own; nothing to close here.</summary>
+    public override ValueTask CloseAsync() => ValueTask.CompletedTask;
+}
