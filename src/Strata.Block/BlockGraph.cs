@@ -386,6 +386,10 @@ public sealed class BlockGraph : IAsyncDisposable
         {
             await node.CloseAsync().ConfigureAwait(false);
         }
+        catch (Exception e) when (e is ImageException or IOException)
+        {
+            // As QEMU's bdrv_close: a failed final flush (a disk error, an injected one) does not keep the node open.
+        }
         finally
         {
             _nodes.Remove(node);

@@ -36,22 +36,21 @@ public sealed partial class Qcow2Image
         if (_rc.IsDirty && (!_dirtyBitSet || _rc.Blocks.DirtyCount >= _rc.Blocks.Capacity))
             await _rc.WriteDirtyAsync(ct).ConfigureAwait(false);
 
-        // 2. This flush makes guest data and refcounts durable before the L2 entries that reference them.
-        _file.Event(DebugEvent.FlushToDisk);
-        await _file.FlushAsync(ct).ConfigureAwait(false);
-
         if (_l2Cache.HasDirty)
         {
+            // 2. Guest data and refcounts durable before the L2 entries that reference them.
+            await _file.FlushAsync(ct).ConfigureAwait(false);
             await _l2Cache.WriteDirtyAsync(ct).ConfigureAwait(false);
-            // 3. New L2 tables must be on disk before the L1 points at them.
-            if (_dirtyL1.Count > 0)
-                await _file.FlushAsync(ct).ConfigureAwait(false);
         }
         if (_dirtyL1.Count > 0)
         {
-            await WriteL1EntriesAsync(ct).ConfigureAwait(false);
+            // 3. New L2 tables must be on disk before the L1 points at them.
             await _file.FlushAsync(ct).ConfigureAwait(false);
+            await WriteL1EntriesAsync(ct).ConfigureAwait(false);
         }
+        // What QEMU's flush does once the format's caches are written: the file's own flush.
+        _file.Event(DebugEvent.FlushToDisk);
+        await _file.FlushAsync(ct).ConfigureAwait(false);
 
         // 4. Only now is no on-disk table referencing the clusters we dropped: free them, once the reads and
         //    writes that looked up their mapping before the lock was taken have finished with them.

@@ -27,7 +27,8 @@ internal sealed class BlkdebugStorage : IStorage, IDebugEventSink
     public bool IsReadOnly => _inner.IsReadOnly;
     public int RequestAlignment { get; }
     public long Length => _inner.Length;
-    public long AllocatedBytes => _inner.AllocatedBytes;
+    /// <summary>Unknown (QEMU's blkdebug has no allocated size, nor has a format over it): queries leave actual-size out.</summary>
+    public long AllocatedBytes => -1;
 
     public void OnDebugEvent(DebugEvent e) => _rules.OnEvent(e);
 
