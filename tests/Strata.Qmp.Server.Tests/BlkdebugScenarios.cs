@@ -75,6 +75,43 @@ public static partial class SnapshotSuite
             E("io d read -P 5 0 4k"),
             E("io d read -P 5 0 4k"),
         ]),
+        ["raw over blkdebug: read_aio and write_aio from the raw format"] = Sc([
+            E(Caps), E(NbdStart),
+            E(AddBlkdebug("d", "$D/r.raw", ""","inject-error":[{"event":"write_aio","state":2,"iotype":"read","once":true}],""" +
+                ""","set-state":[{"event":"read_aio","state":1,"new_state":2}]""", "raw")),
+            E(Export("e", "d")),
+            E("io d read 0 4k"),
+            E("io d read 0 4k"),
+            E("io d write -P 9 0 4k"),
+            E("io d read -P 9 0 4k"),
+            E("io d read -P 9 0 4k"),
+        ]),
+        ["blkdebug options and config files refused with qsd's messages"] = Sc([
+            E(Caps),
+            E("file bad1.cfg [inject-error]\nevent = \"bogus\"\n"),
+            E("file bad2.cfg [foo]\nevent = \"none\"\n"),
+            E("file bad3.cfg event = \"none\"\n"),
+            E("file bad4.cfg [inject-error]\nevent none\n"),
+            E("file bad5.cfg [inject-error]\nevent = \"none\"\nerrno = \"x\"\n"),
+            E("file bad6.cfg [inject-error]\nevent = \"none\"\nfoo = \"1\"\n"),
+            E("file bad7.cfg [inject-error]\nstate = \"1\"\n"),
+            E("file bad8.cfg [set-state]\nevent = \"none\"\nnew_state = \"2\"\niotype = \"read\"\n"),
+            E(AddRawBlkdebug("a", "$D/r.raw", ""","inject-error":[{"event":"bogus"}]""")),
+            E(AddRawBlkdebug("a", "$D/r.raw", ""","set-state":[{"event":"none"}]""")),
+            E(AddRawBlkdebug("a", "$D/r.raw", ""","inject-error":[{"event":"none","iotype":"x"}]""")),
+            E(AddRawBlkdebug("a", "$D/r.raw", ""","inject-error":[{"state":1}]""")),
+            E(AddRawBlkdebug("a", "$D/r.raw", ""","inject-error":[{"event":"none","foo":1}]""")),
+            E(AddRawBlkdebug("a", "$D/r.raw", ""","inject-error":{"event":"none"}""")),
+            E(AddRawBlkdebug("a", "$D/r.raw", ""","inject-error":[{"event":"none","once":"yes"}]""")),
+            E(AddRawBlkdebug("a", "$D/r.raw", ""","align":3""")),
+            E(AddRawBlkdebug("a", "$D/r.raw", ""","align":512,"max-transfer":1000""")),
+            E(AddRawBlkdebug("a", "$D/r.raw", ""","max-discard":-1""")),
+            E("""{"execute":"blockdev-add","arguments":{"driver":"blkdebug","node-name":"a"}}"""),
+            .. Enumerable.Range(0, 9).Select(i => E(AddRawBlkdebug("a", "$D/r.raw", ",\"config\":\"$D/" + (i == 0 ? "nope" : "bad" + i) + ".cfg\""))),
+            E(AddRawBlkdebug("a", "$D/r.raw", ""","take-child-perms":["write"],"unshare-child-perms":["resize"]""")),
+            E(FlatNodes),
+            E("""{"execute":"x-debug-query-block-graph"}"""),
+        ]),
     };
 
     /// <summary>
@@ -156,5 +193,63 @@ public sealed class BlkdebugDifferentialTests
     {
         var (scenario, differences) = SnapshotSuite.TransactionOfEightWithBlkdebug();
         return SnapshotSuite.RunAsync(scenario, differences);
+    }
+}
+
+/// <summary>blockdev-add's blkdebug branch as query-qmp-schema describes it, on both daemons.</summary>
+public sealed class BlkdebugSchemaTests
+{
+    [Fact]
+    public async Task Query_qmp_schema_describes_blkdebug_as_qemu_storage_daemon_does()
+    {
+        async Task<string> Describe(Strata.Client.Tests.DaemonCommand command)
+        {
+            await using var d = await ScriptedDaemon.StartAsync(command);
+            await d.StepAsync("""{"execute":"qmp_capabilities"}""");
+            var reply = await d.StepAsync("""{"execute":"query-qmp-schema"}""");
+            await d.QuitAsync();
+            using var doc = System.Text.Json.JsonDocument.Parse(reply[^1]);
+            var types = doc.RootElement.GetProperty("return").EnumerateArray()
+                .ToDictionary(e => e.GetProperty("name").GetString()!, e => e.Clone());
+            var add = types["blockdev-add"];
+            var options = types[add.GetProperty("arg-type").GetString()!];
+            string variant = options.GetProperty("variants").EnumerateArray()
+                .First(v => v.GetProperty("case").GetString() == "blkdebug").GetProperty("type").GetString()!;
+            return Render(types, variant, 0);
+        }
+
+        var qsd = Describe(Daemons.Qsd);
+        var strata = Describe(Daemons.Strata);
+        string expected = await qsd;
+        Assert.Contains("inject-error?: [{event: enum(l1_update|", expected, StringComparison.Ordinal);
+        Assert.Equal(expected, await strata);
+    }
+
+    /// <summary>A type as text: objects with their members (optional ones marked ?), enums with their values.</summary>
+    private static string Render(Dictionary<string, System.Text.Json.JsonElement> types, string name, int depth)
+    {
+        var t = types[name];
+        switch (t.GetProperty("meta-type").GetString())
+        {
+            case "enum":
+                return "enum(" + string.Join("|", t.GetProperty("values").EnumerateArray().Select(v => v.GetString())) + ")";
+            case "array":
+                return "[" + Render(types, t.GetProperty("element-type").GetString()!, depth) + "]";
+            case "alternate":
+                return "alternate(" + string.Join(" or ", t.GetProperty("members").EnumerateArray()
+                    .Select(m => types[m.GetProperty("type").GetString()!].GetProperty("meta-type").GetString() == "object"
+                        ? "object" : Render(types, m.GetProperty("type").GetString()!, depth))) + ")";
+            case "object":
+                if (depth > 3)
+                {
+                    return "object";
+                }
+
+                return "{" + string.Join(", ", t.GetProperty("members").EnumerateArray().Select(m =>
+                    m.GetProperty("name").GetString() + (m.TryGetProperty("default", out _) ? "?" : "") + ": " +
+                    Render(types, m.GetProperty("type").GetString()!, depth + 1))) + "}";
+            default:
+                return t.GetProperty("json-type").GetString()!;
+        }
     }
 }

@@ -76,7 +76,7 @@ public static class QmpTypes
         Opt("cache-size", Int), Opt("l2-cache-size", Int), Opt("l2-cache-entry-size", Int), Opt("refcount-cache-size", Int),
         Opt("cache-clean-interval", Int), Opt("encrypt", QapiBuiltin.Any), Opt("data-file", BlockdevRef));
 
-    private static readonly QapiEnum BlockPermission = new("BlockPermission", "consistent-read", "write", "write-unchanged", "resize", "graph-mod");
+    private static readonly QapiEnum BlockPermission = new("BlockPermission", "consistent-read", "write", "write-unchanged", "resize");
     private static readonly QapiEnum BlkdebugEvent = new("BlkdebugEvent", Strata.Images.Storage.DebugEvents.Names);
     private static readonly QapiObject BlockdevOptionsBlkdebug = new("BlockdevOptionsBlkdebug",
         Req("image", BlockdevRef), Opt("config", Str), Opt("align", Int), Opt("max-transfer", Int), Opt("opt-write-zero", Int),

@@ -53,7 +53,7 @@ public static class BlkdebugConfig
         if (g.TryGetValue("iotype", out var iotype))
         {
             if (!IoTypes.TryGetValue(iotype, out var t))
-                throw new BlockException($"Invalid parameter value for 'iotype', expected: read, write, write-zeroes, discard, flush, block-status");
+                throw new BlockException($"invalid parameter value: {iotype}");
             mask = 1 << (int)t;
         }
         return new BlkdebugRule
@@ -67,7 +67,7 @@ public static class BlkdebugConfig
     {
         if (!g.TryGetValue("event", out var name))
             throw new BlockException("Missing event name for rule");
-        return Events.TryGetValue(name, out var e) ? e : throw new BlockException($"Invalid parameter '{name}'");
+        return Events.TryGetValue(name, out var e) ? e : throw new BlockException($"invalid parameter value: {name}");
     }
 
     /// <summary>QEMU_OPT_NUMBER: an unsigned decimal, octal or hex number (negative values wrap as in C).</summary>
@@ -114,8 +114,9 @@ public static class BlkdebugConfig
             var item = new BlockOptions(obj, o.Prefix + where + ".", o.Keyval);
             var g = new Dictionary<string, string>();
             string ev = item.RequireString("event");
+            // QAPI's enum check names the member alone, without the path of the list element.
             if (!Events.ContainsKey(ev))
-                throw new BlockException($"Parameter '{o.Prefix}{where}.event' does not accept value '{ev}'");
+                throw new BlockException($"Parameter 'event' does not accept value '{ev}'");
             g["event"] = ev;
             foreach (var k in keys)
             {
@@ -124,8 +125,8 @@ public static class BlkdebugConfig
                     case "event":
                         break;
                     case "iotype":
-                        if (item.GetEnum(k, IoTypes) is { } t)
-                            g[k] = IoTypes.First(p => p.Value == t).Key;
+                        if (item.GetString(k) is { } t)
+                            g[k] = IoTypes.ContainsKey(t) ? t : throw new BlockException($"Parameter 'iotype' does not accept value '{t}'");
                         break;
                     case "once" or "immediately":
                         if (item.GetBool(k) is { } b)
@@ -163,17 +164,16 @@ public static class BlkdebugConfig
             throw new BlockException($"Could not read blkdebug config file: {why}");
         }
         Dictionary<string, string>? current = null;
-        foreach (var raw in lines)
+        foreach (var line in lines)
         {
-            if (raw.Length == 0 || raw[0] == '#')
+            if (line.Length == 0 || line[0] == '#')
                 continue;
-            string line = raw.Trim();
-            if (raw[0] == '[')
+            if (line[0] == '[')
             {
-                int close = raw.IndexOf(']');
-                string group = (close > 1 ? raw[1..close] : "").Split(' ')[0];
-                if (close <= 1)
-                    throw new BlockException("parse error");
+                // "[group]" or "[group "id"]"
+                int close = line.IndexOf(']');
+                string inside = close > 0 ? line[1..close] : line[1..];
+                string group = inside.Split(' ', 2)[0];
                 current = [];
                 if (group == "inject-error")
                     inject.Add(current);
@@ -183,19 +183,27 @@ public static class BlkdebugConfig
                     throw new BlockException($"There is no option group '{group}'");
                 continue;
             }
-            int eq = line.IndexOf('=');
-            if (eq <= 0)
+            // ' NAME = "VALUE"': as QEMU's sscanf, a line whose first word is not followed by = "..." sets NAME to "".
+            string text = line.TrimStart(' ', '\t');
+            int wordEnd = text.IndexOfAny([' ', '\t']);
+            string name = wordEnd < 0 ? text : text[..wordEnd];
+            if (name.Length == 0)
                 throw new BlockException("parse error");
-            string name = line[..eq].Trim();
-            string value = line[(eq + 1)..].Trim();
-            if (value.Length < 2 || value[0] != '"' || value[^1] != '"' || name.Contains(' '))
-                throw new BlockException("parse error");
+            string rest = wordEnd < 0 ? "" : text[wordEnd..].TrimStart(' ', '\t');
+            string value = "";
+            if (rest.StartsWith('='))
+            {
+                rest = rest[1..].TrimStart(' ', '\t');
+                int end = rest.Length > 0 && rest[0] == '"' ? rest.IndexOf('"', 1) : -1;
+                if (end > 0)
+                    value = rest[1..end];
+            }
             if (current == null)
                 throw new BlockException("no group defined");
             var allowed = inject.Contains(current) ? InjectKeys : SetStateKeys;
             if (!allowed.Contains(name))
                 throw new BlockException($"Invalid parameter '{name}'");
-            current[name] = value[1..^1];
+            current[name] = value;
         }
     }
 }

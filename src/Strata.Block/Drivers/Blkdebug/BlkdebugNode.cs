@@ -37,14 +37,14 @@ public sealed class BlkdebugNode : BlockNode
     {
         var imageOption = o.GetNode("image");
         string? config = o.GetString("config");
-        long align = o.GetInt("align") ?? 0;
-        long maxTransfer = o.GetInt("max-transfer") ?? 0;
-        long optWriteZero = o.GetInt("opt-write-zero") ?? 0;
-        long maxWriteZero = o.GetInt("max-write-zero") ?? 0;
-        long optDiscard = o.GetInt("opt-discard") ?? 0;
-        long maxDiscard = o.GetInt("max-discard") ?? 0;
-        ReadPermissionList(o, "take-child-perms");
-        ReadPermissionList(o, "unshare-child-perms");
+        long align = SizeOption(o, "align");
+        long maxTransfer = SizeOption(o, "max-transfer");
+        long optWriteZero = SizeOption(o, "opt-write-zero");
+        long maxWriteZero = SizeOption(o, "max-write-zero");
+        long optDiscard = SizeOption(o, "opt-discard");
+        long maxDiscard = SizeOption(o, "max-discard");
+        var take = ReadPermissionList(o, "take-child-perms");
+        var unshare = ReadPermissionList(o, "unshare-child-perms");
         var ruleList = BlkdebugConfig.Read(config, o);
         o.EnsureAllRead();
         if (imageOption == null)
@@ -62,10 +62,32 @@ public sealed class BlkdebugNode : BlockNode
         CheckLimit("max-discard", maxDiscard, Math.Max(optDiscard, a));
 
         var rules = new BlkdebugRules(ruleList);
-        var node = new BlkdebugNode(name, settings, autoNamed, image, rules, config, (int)align);
+        var node = new BlkdebugNode(name, settings, autoNamed, image, rules, config, (int)align)
+        {
+            _take = take, _unshare = unshare,
+        };
         node.AttachChild(image, "image", ChildRole.Filtered);
         rules.OnEvent(Images.Storage.DebugEvent.None);
         return node;
+    }
+
+    /// <summary>QEMU_OPT_SIZE: the options layer refuses negative numbers before the driver sees them.</summary>
+    private static long SizeOption(BlockOptions o, string key)
+    {
+        long v = o.GetInt(key) ?? 0;
+        if (v < 0)
+            throw new BlockException($"Parameter '{o.Prefix}{key}' expects a non-negative number below 2^64");
+        return v;
+    }
+
+    private BlockPermissions _take;
+    private BlockPermissions _unshare;
+
+    /// <summary>bdrv_filter_default_perms, then what take-child-perms adds and unshare-child-perms removes.</summary>
+    internal override (BlockPermissions Perm, BlockPermissions Shared) ChildPermissions(ChildRole role, BlockPermissions perm, BlockPermissions shared)
+    {
+        var r = base.ChildPermissions(role, perm, shared);
+        return (r.Perm | _take, r.Shared & ~_unshare);
     }
 
     private static void CheckLimit(string key, long value, long multipleOf)
@@ -74,17 +96,19 @@ public sealed class BlkdebugNode : BlockNode
             throw new BlockException($"Cannot meet constraints with {key} {(ulong)value}");
     }
 
-    private static readonly Dictionary<string, int> Permissions = new()
+    private static readonly Dictionary<string, BlockPermissions> Permissions = new()
     {
-        ["consistent-read"] = 0, ["write"] = 1, ["write-unchanged"] = 2, ["resize"] = 3,
+        ["consistent-read"] = BlockPermissions.ConsistentRead, ["write"] = BlockPermissions.Write,
+        ["write-unchanged"] = BlockPermissions.WriteUnchanged, ["resize"] = BlockPermissions.Resize,
     };
 
-    /// <summary>take-child-perms / unshare-child-perms: accepted and checked; Strata's filter takes what its parents take.</summary>
-    private static void ReadPermissionList(BlockOptions o, string key)
+    /// <summary>take-child-perms / unshare-child-perms: permissions the filter takes on, or stops sharing of, its child.</summary>
+    private static BlockPermissions ReadPermissionList(BlockOptions o, string key)
     {
+        var result = BlockPermissions.None;
         var node = o.GetNode(key);
         if (node == null)
-            return;
+            return result;
         if (node is not System.Text.Json.Nodes.JsonArray arr)
             throw new BlockException($"Invalid parameter type for '{o.Prefix}{key}', expected: array");
         for (int i = 0; i < arr.Count; i++)
@@ -92,9 +116,11 @@ public sealed class BlkdebugNode : BlockNode
             string? s = arr[i] is System.Text.Json.Nodes.JsonValue v && v.TryGetValue<string>(out var t) ? t : null;
             if (s == null)
                 throw new BlockException($"Invalid parameter type for '{o.Prefix}{key}[{i}]', expected: string");
-            if (!Permissions.ContainsKey(s))
+            if (!Permissions.TryGetValue(s, out var p))
                 throw new BlockException($"Parameter '{o.Prefix}{key}[{i}]' does not accept value '{s}'");
+            result |= p;
         }
+        return result;
     }
 
     /// <summary>The image child is a node of the graph of its own; nothing to close here.</summary>
