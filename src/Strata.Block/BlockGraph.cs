@@ -232,8 +232,10 @@ public sealed class BlockGraph : IAsyncDisposable
         string? name = node.Image.Header.BackingFileName;
         if (name == null)
             return null;
-        string path = BackingPath.Resolve(node.FileName, name);
-        var fileOptions = new JsonObject { ["driver"] = "file", ["filename"] = path };
+        // A blkdebug:CONFIG:IMAGE name has a protocol prefix: QEMU takes it as it is.
+        bool blkdebug = BlkdebugFilename.Is(name);
+        string path = blkdebug ? BlkdebugFilename.ImagePath(name) : BackingPath.Resolve(node.FileName, name);
+        var fileOptions = blkdebug ? BlkdebugFilename.ToOptions(name) : new JsonObject { ["driver"] = "file", ["filename"] = path };
         string format = node.Image.Header.BackingFormat ?? await ProbeAsync(path, ct).ConfigureAwait(false);
         var options = new JsonObject { ["driver"] = format, ["file"] = fileOptions, ["read-only"] = true };
         try

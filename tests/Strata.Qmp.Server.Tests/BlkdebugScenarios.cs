@@ -175,6 +175,10 @@ public static partial class SnapshotSuite
         }
 
         steps.Add(E(Exports));
+        // The overlays name their backing blkdebug:CONFIG:IMAGE, which opens as blkdebug again.
+        steps.Add(E("""{"execute":"blockdev-add","arguments":{"driver":"qcow2","node-name":"v","read-only":true,"force-share":true,"file":{"driver":"file","filename":"$D/ok3.qcow2"}}}"""));
+        steps.Add(E(FlatNodes));
+        steps.Add(E("""{"execute":"blockdev-del","arguments":{"node-name":"v"}}"""));
         return (new SnapshotScenario([.. steps], [.. left]), differences);
     }
 }
