@@ -86,6 +86,16 @@ public static partial class SnapshotSuite
             E("io d read -P 9 0 4k"),
             E("io d read -P 9 0 4k"),
         ]),
+        ["qcow2 over blkdebug: I/O errors in QMP replies"] = Sc([
+            E(Caps),
+            E(AddBlkdebug("d1", "$D/a.qcow2", ""","inject-error":[{"event":"none","iotype":"read"}]""")),
+            E(AddBlkdebug("d2", "$D/a.qcow2", ""","inject-error":[{"event":"none","iotype":"read","errno":28}]""")),
+            E(AddBlkdebug("d3", "$D/a.qcow2", ""","inject-error":[{"event":"refblock_update_part","iotype":"write"}]""")),
+            E("""{"execute":"blockdev-snapshot-internal-sync","arguments":{"device":"d3","name":"s1"}}"""),
+            E(AddBlkdebug("d4", "$D/c.qcow2", ""","inject-error":[{"event":"l1_update","iotype":"write","errno":28}]""")),
+            E("""{"execute":"blockdev-snapshot-internal-sync","arguments":{"device":"d4","name":"s1"}}"""),
+            E(FlatNodes),
+        ]),
         ["blkdebug options and config files refused with qsd's messages"] = Sc([
             E(Caps),
             E("file bad1.cfg [inject-error]\nevent = \"bogus\"\n"),

@@ -23,6 +23,39 @@ public sealed class BlkdebugNode : BlockNode
     }
 
     public BlkdebugRules Rules { get; }
+
+    /// <summary>
+    /// The options QEMU keeps in the node's name (its strong runtime options) in QEMU's order, lists flattened
+    /// ("inject-error.0.event"): with any of them but config, the node is known by a json: name.
+    /// </summary>
+    public IReadOnlyList<(string Key, System.Text.Json.Nodes.JsonNode Value)> StrongOptions { get; private init; } = [];
+
+    private static List<(string, System.Text.Json.Nodes.JsonNode)> CollectStrongOptions(System.Text.Json.Nodes.JsonObject raw)
+    {
+        var list = new List<(string, System.Text.Json.Nodes.JsonNode)>();
+        foreach (var key in new[] { "config", "inject-error", "set-state", "align", "max-transfer", "opt-write-zero", "max-write-zero", "opt-discard", "max-discard" })
+        {
+            if (!raw.TryGetPropertyValue(key, out var v) || v == null)
+                continue;
+            if (v is System.Text.Json.Nodes.JsonArray arr)
+            {
+                for (int i = 0; i < arr.Count; i++)
+                    if (arr[i] is System.Text.Json.Nodes.JsonObject item)
+                        foreach (var (member, value) in item)
+                            if (value != null)
+                                list.Add(($"{key}.{i}.{member}", Detached(value)));
+            }
+            else
+            {
+                list.Add((key, Detached(v)));
+            }
+        }
+        return list;
+    }
+
+    /// <summary>A copy that outlives the command's JSON document.</summary>
+    private static System.Text.Json.Nodes.JsonNode Detached(System.Text.Json.Nodes.JsonNode value) =>
+        System.Text.Json.Nodes.JsonNode.Parse(value.ToJsonString())!;
     public string? ConfigFile { get; }
 
     /// <summary>QEMU's blkdebug:CONFIG:IMAGE name (what its filename syntax takes).</summary>
@@ -64,7 +97,7 @@ public sealed class BlkdebugNode : BlockNode
         var rules = new BlkdebugRules(ruleList);
         var node = new BlkdebugNode(name, settings, autoNamed, image, rules, config, (int)align)
         {
-            _take = take, _unshare = unshare,
+            _take = take, _unshare = unshare, StrongOptions = CollectStrongOptions(o.Raw),
         };
         node.AttachChild(image, "image", ChildRole.Filtered);
         rules.OnEvent(Images.Storage.DebugEvent.None);
