@@ -125,6 +125,40 @@ public static partial class SnapshotSuite
     };
 
     /// <summary>
+    /// iotest 026's idea: an error injected at each qcow2 event, once or for good, while a client allocates, reads and
+    /// rewrites (writethrough, so every write is flushed): every request must fail or succeed as on qsd, and Strata's
+    /// images must check clean. (EIO only: qsd's clients see EIO for any failed read, see above.)
+    /// </summary>
+    public static SnapshotScenario Qcow2Events()
+    {
+        string[] events = ["l1_update", "l2_load", "l2_update", "l2_alloc_write", "refblock_load", "refblock_update_part",
+            "refblock_alloc", "cluster_alloc", "write_aio", "read_aio", "flush_to_os", "flush_to_disk"];
+        var steps = new List<Step> { E(Caps), E(NbdStart) };
+        int n = 0;
+        foreach (var ev in events)
+        {
+            foreach (bool once in new[] { true, false })
+            {
+                if (ev == "l1_update" && !once)
+                {
+                    // Both daemons then leak the L2 table they could not hook up (its refcount was already written), which
+                    // this suite's clean check on Strata's side cannot tell from a bug.
+                    continue;
+                }
+
+                string node = $"q{n++}";
+                steps.Add(E($"img create -q -f qcow2 {node}.qcow2 1M"));
+                steps.Add(E(AddBlkdebug(node, $"$D/{node}.qcow2",
+                    ",\"inject-error\":[{\"event\":\"" + ev + "\",\"once\":" + (once ? "true" : "false") + "}]")));
+                steps.Add(E(Export(node, node)));
+                foreach (var io in new[] { "write -P 1 0 64k", "write -P 2 512k 4k", "read -P 1 0 64k", "write -P 3 0 4k" })
+                    steps.Add(E($"io {node} {io}"));
+            }
+        }
+        return new SnapshotScenario([.. steps], []);
+    }
+
+    /// <summary>
     /// Issue 6, acceptance 3: eight exported disks, each qcow2 over blkdebug whose config fails the first flush that
     /// reaches it, all written in place by a client that dies without a flush, so that each one's next flush fails; then eight transactions of eight
     /// blockdev-snapshot-sync actions: the external snapshot flushes each disk before taking it, so transaction p gets
@@ -201,6 +235,10 @@ public sealed class BlkdebugDifferentialTests
     [Theory]
     [MemberData(nameof(Names))]
     public Task Blkdebug_fails_the_same_requests_as_in_qemu_storage_daemon(string name) => SnapshotSuite.RunAsync(SnapshotSuite.Blkdebug[name]);
+
+    [Fact]
+    public Task An_error_at_each_qcow2_event_fails_the_same_requests_as_in_qemu_storage_daemon() =>
+        SnapshotSuite.RunAsync(SnapshotSuite.Qcow2Events());
 
     [Fact]
     public Task A_failure_at_each_position_of_a_transaction_of_eight_leaves_every_disk_as_it_was()

@@ -48,9 +48,10 @@ public sealed partial class Qcow2Image
             await _file.FlushAsync(ct).ConfigureAwait(false);
             await WriteL1EntriesAsync(ct).ConfigureAwait(false);
         }
-        // What QEMU's flush does once the format's caches are written: the file's own flush.
-        _file.Event(DebugEvent.FlushToDisk);
+        // What QEMU's flush does once the format's caches are written: the file's own flush. (Rules a blkdebug file
+        // arms on flush_to_disk take effect after this flush in QEMU, so the event comes after it here too.)
         await _file.FlushAsync(ct).ConfigureAwait(false);
+        _file.Event(DebugEvent.FlushToDisk);
 
         // 4. Only now is no on-disk table referencing the clusters we dropped: free them, once the reads and
         //    writes that looked up their mapping before the lock was taken have finished with them.

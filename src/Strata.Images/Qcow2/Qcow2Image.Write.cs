@@ -349,14 +349,14 @@ public sealed partial class Qcow2Image
             await _file.FlushAsync(ct).ConfigureAwait(false);
             _l1[i] = (ulong)newL2 | OflagCopied;
             _dirtyL1.Add((int)i);
-            linking = true;
             await WriteL1EntriesAsync(ct).ConfigureAwait(false);
+            linking = true;
             await _file.FlushAsync(ct).ConfigureAwait(false);
         }
         catch (Exception ex) when (!linking && ex is IOException or ImageException)
         {
             // As QEMU's l2_allocate: the old L1 entry stays, the new table's cluster is freed (no leak). Once the L1 entry
-            // may be on disk, the new table (durable by then) is kept and its entry stays dirty for the next flush.
+            // is written (only its flush failed), the new table, durable by then, is kept.
             _l1[i] = e;
             _dirtyL1.Remove((int)i);
             _l2Cache.Discard(newL2);

@@ -289,9 +289,16 @@ internal sealed class RefcountTable
     /// </summary>
     public async ValueTask<bool> UpdateAsync(long first, long count, long addend, CancellationToken ct = default)
     {
+        long lastBlock = -1;
         for (long i = 0; i < count; i++)
         {
             long idx = first + i;
+            // QEMU's update_refcount goes through alloc_refcount_block (and its event) for each refcount block it touches.
+            if (idx >> _blockBits != lastBlock)
+            {
+                lastBlock = idx >> _blockBits;
+                _storage.Event(DebugEvent.RefblockAlloc);
+            }
             long off = BlockOffsetFor(idx, out _);
             if (off == 0)
             {
@@ -332,7 +339,6 @@ internal sealed class RefcountTable
     /// <summary>A refcount block for the range containing <paramref name="clusterIndex"/> (QEMU's alloc_refcount_block).</summary>
     private async ValueTask AllocateBlockAsync(long clusterIndex, CancellationToken ct)
     {
-        _storage.Event(DebugEvent.RefblockAlloc);
         long tableIndex = clusterIndex >> _blockBits;
         long newBlock = (await FindFreeAsync(1, ct).ConfigureAwait(false)) << _clusterBits;
         if (newBlock == 0)
