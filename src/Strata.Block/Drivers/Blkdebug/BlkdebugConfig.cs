@@ -104,8 +104,7 @@ public static class BlkdebugConfig
         var node = o.GetNode(key);
         if (node == null)
             return;
-        if (node is not JsonArray arr)
-            throw new BlockException($"Invalid parameter type for '{o.Prefix}{key}', expected: array");
+        var arr = AsList(node, o.Keyval) ?? throw new BlockException($"Invalid parameter type for '{o.Prefix}{key}', expected: array");
         for (int i = 0; i < arr.Count; i++)
         {
             string where = $"{key}[{i}]";
@@ -143,6 +142,26 @@ public static class BlkdebugConfig
             item.EnsureAllRead();
             into.Add(g);
         }
+    }
+
+    /// <summary>
+    /// A list option: a JSON array, or in key=value form (--blockdev inject-error.0.event=...) an object whose keys are
+    /// 0, 1, 2, ... as QEMU's keyval makes a list of it.
+    /// </summary>
+    internal static IReadOnlyList<JsonNode?>? AsList(JsonNode node, bool keyval)
+    {
+        if (node is JsonArray arr)
+            return [.. arr];
+        if (!keyval || node is not JsonObject obj)
+            return null;
+        var list = new JsonNode?[obj.Count];
+        foreach (var (k, v) in obj)
+        {
+            if (!int.TryParse(k, NumberStyles.None, CultureInfo.InvariantCulture, out int i) || i >= list.Length || list[i] != null)
+                return null;
+            list[i] = v;
+        }
+        return list;
     }
 
     /// <summary>qemu_config_parse: [group] headers, name = "value" lines, # comments and empty lines.</summary>

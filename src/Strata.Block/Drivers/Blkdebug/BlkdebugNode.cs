@@ -37,7 +37,7 @@ public sealed class BlkdebugNode : BlockNode
         {
             if (!raw.TryGetPropertyValue(key, out var v) || v == null)
                 continue;
-            if (v is System.Text.Json.Nodes.JsonArray arr)
+            if (BlkdebugConfig.AsList(v, keyval: true) is { } arr)
             {
                 for (int i = 0; i < arr.Count; i++)
                     if (arr[i] is System.Text.Json.Nodes.JsonObject item)
@@ -142,8 +142,7 @@ public sealed class BlkdebugNode : BlockNode
         var node = o.GetNode(key);
         if (node == null)
             return result;
-        if (node is not System.Text.Json.Nodes.JsonArray arr)
-            throw new BlockException($"Invalid parameter type for '{o.Prefix}{key}', expected: array");
+        var arr = BlkdebugConfig.AsList(node, o.Keyval) ?? throw new BlockException($"Invalid parameter type for '{o.Prefix}{key}', expected: array");
         for (int i = 0; i < arr.Count; i++)
         {
             string? s = arr[i] is System.Text.Json.Nodes.JsonValue v && v.TryGetValue<string>(out var t) ? t : null;
