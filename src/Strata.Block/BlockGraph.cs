@@ -1,5 +1,6 @@
 using System.Text.Json.Nodes;
 using Strata.Block.Drivers;
+using Strata.Block.Drivers.Blkdebug;
 using Strata.Images;
 using Strata.Images.Format;
 
@@ -58,7 +59,7 @@ public sealed class BlockGraph : IAsyncDisposable
 
     private static readonly Dictionary<string, string> Drivers = new()
     {
-        ["file"] = "file", ["qcow2"] = "qcow2", ["raw"] = "raw", ["null-co"] = "null-co",
+        ["file"] = "file", ["qcow2"] = "qcow2", ["raw"] = "raw", ["null-co"] = "null-co", ["blkdebug"] = "blkdebug",
     };
 
     private static readonly string[] KnownDrivers =
@@ -124,6 +125,16 @@ public sealed class BlockGraph : IAsyncDisposable
                 node = NullNode.Open(nodeName ?? NextAutoName(), settings, autoNamed, o);
                 node.NamingOrder = ++_namingCounter;
                 break;
+            case "blkdebug":
+            {
+                // A protocol driver: QEMU names it before its open opens the image child.
+                long order = ++_namingCounter;
+                string name = nodeName ?? NextAutoName();
+                node = await BlkdebugNode.OpenAsync(name, settings, autoNamed, o,
+                    image => ChildAsync(o, "image", settings, opened, ct, image)).ConfigureAwait(false);
+                node.NamingOrder = order;
+                break;
+            }
             case "raw":
             {
                 var file = await ChildAsync(o, "file", settings, opened, ct).ConfigureAwait(false);
@@ -221,8 +232,10 @@ public sealed class BlockGraph : IAsyncDisposable
         string? name = node.Image.Header.BackingFileName;
         if (name == null)
             return null;
-        string path = BackingPath.Resolve(node.FileName, name);
-        var fileOptions = new JsonObject { ["driver"] = "file", ["filename"] = path };
+        // A blkdebug:CONFIG:IMAGE name has a protocol prefix: QEMU takes it as it is.
+        bool blkdebug = BlkdebugFilename.Is(name);
+        string path = blkdebug ? BlkdebugFilename.ImagePath(name) : BackingPath.Resolve(node.FileName, name);
+        var fileOptions = blkdebug ? BlkdebugFilename.ToOptions(name) : new JsonObject { ["driver"] = "file", ["filename"] = path };
         string format = node.Image.Header.BackingFormat ?? await ProbeAsync(path, ct).ConfigureAwait(false);
         var options = new JsonObject { ["driver"] = format, ["file"] = fileOptions, ["read-only"] = true };
         try
@@ -374,6 +387,10 @@ public sealed class BlockGraph : IAsyncDisposable
         try
         {
             await node.CloseAsync().ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is ImageException or IOException)
+        {
+            // As QEMU's bdrv_close: a failed final flush (a disk error, an injected one) does not keep the node open.
         }
         finally
         {

@@ -311,17 +311,26 @@ public abstract class BlockNode : IImage, IBlockParent
     internal void ReopenReadOnly()
     {
         Settings = Settings with { ReadOnly = true };
-        foreach (var e in _children)
-        {
-            if (e.Role == "file" && e.Child.Parents.Count == 1)
-                e.Child.Settings = e.Child.Settings with { ReadOnly = true };
-        }
+        MarkProtocolChildrenReadOnly(this);
         try
         {
             RefreshPermissions();
         }
         catch (BlockException)
         {
+        }
+    }
+
+    /// <summary>The reopen reaches down through file children and filters (blkdebug's image) that nothing else uses.</summary>
+    private static void MarkProtocolChildrenReadOnly(BlockNode node)
+    {
+        foreach (var e in node._children)
+        {
+            if (e.Role is "file" or "image" && e.Child.Parents.Count == 1)
+            {
+                e.Child.Settings = e.Child.Settings with { ReadOnly = true };
+                MarkProtocolChildrenReadOnly(e.Child);
+            }
         }
     }
 

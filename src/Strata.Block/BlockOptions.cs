@@ -28,6 +28,9 @@ public sealed class BlockOptions
 
     public JsonObject Raw => _obj;
 
+    /// <summary>Where these options sit in the whole ("file." for a child's), for messages.</summary>
+    public string Prefix => _prefix;
+
     private string Name(string key) => _prefix + key;
 
     public bool Has(string key) => _obj.ContainsKey(key);

@@ -91,10 +91,22 @@ public sealed class ScriptedDaemon : IAsyncDisposable
             return ["mkdir"];
         }
 
-        if (step.StartsWith("io ", StringComparison.Ordinal))
+        if (step.StartsWith("file ", StringComparison.Ordinal))
         {
+            // "file NAME TEXT": writes TEXT (with \n for line breaks) to NAME in the daemon's directory.
             var parts = step.Split(' ', 3);
-            var r = QemuTools.RunIn(Directory, "qemu-io", "-f", "raw", "-c", parts[2], $"nbd+unix:///{parts[1]}?socket={Directory}/nbd.sock");
+            File.WriteAllText(Path.Combine(Directory, parts[1]), parts[2].Replace("\\n", "\n", StringComparison.Ordinal));
+            return ["file"];
+        }
+
+        if (step.StartsWith("io ", StringComparison.Ordinal) || step.StartsWith("iok ", StringComparison.Ordinal))
+        {
+            // "iok": qemu-io in writeback mode (no FUA) that kills itself afterwards, so no flush reaches the export.
+            var parts = step.Split(' ', 3);
+            bool noFlush = parts[0] == "iok";
+            string[] cache = noFlush ? ["-t", "writeback"] : [];
+            string[] kill = noFlush ? ["-c", "sigraise 9"] : [];
+            var r = QemuTools.RunIn(Directory, "qemu-io", [.. cache, "-f", "raw", "-c", parts[2], .. kill, $"nbd+unix:///{parts[1]}?socket={Directory}/nbd.sock"]);
             var lines = (r.StdOut + r.StdErr).Split('\n').Where(l => l.Length > 0 && !l.Contains(" sec (", StringComparison.Ordinal));
             return [$"exit {r.ExitCode}: {Norm(string.Join(" | ", lines))}"];
         }

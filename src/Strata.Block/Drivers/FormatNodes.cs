@@ -9,12 +9,18 @@ namespace Strata.Block.Drivers;
 public sealed class RawNode : BlockNode
 {
     private readonly BlockNode _file;
+    private readonly IImage _inner;
 
     internal RawNode(string name, BlockNodeSettings settings, bool autoNamed, BlockNode file)
-        : base(name, "raw", settings, autoNamed) => _file = file;
+        : base(name, "raw", settings, autoNamed)
+    {
+        _file = file;
+        // Over blkdebug, the events QEMU's raw driver reports; otherwise straight through.
+        _inner = file.Storage is IDebugEventSink sink ? new Blkdebug.RawEventsImage(file, sink) : file;
+    }
 
     public override string FileName => _file.FileName;
-    protected override IImage Inner => _file;
+    protected override IImage Inner => _inner;
     public override ValueTask CloseAsync() => ValueTask.CompletedTask;
 
     /// <summary>raw_child_perm: write and resize on the file only when a parent asks for them (never for metadata).</summary>

@@ -37,7 +37,11 @@ public sealed class ExternalSnapshotAction : ITransactionAction
             }
             catch (Exception e) when (e is ImageException or IOException)
             {
-                throw new BlockException("An IO error has occurred", BlockErrorKind.Generic, e);
+                // QEMU 7.2 says only "An IO error has occurred"; Strata names the node and the errno as later QEMU does.
+                string why = e is IOException { HResult: > 0 and < 4096 } io
+                    ? System.Runtime.InteropServices.Marshal.GetPInvokeErrorMessage(io.HResult)
+                    : "Input/output error";
+                throw new BlockException($"Write to node '{top.NodeName}' failed: {why}", BlockErrorKind.Generic, e);
             }
         }
 

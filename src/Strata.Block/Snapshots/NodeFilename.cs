@@ -41,12 +41,25 @@ public static class NodeFilename
                         members.Add(("backing", "null"));
                 }
                 string options = Dict(members);
-                return (overridden ? "json:" + options : file.Filename, options);
+                return (overridden || IsJson(file.Filename) ? "json:" + options : file.Filename, options);
             }
             case RawNode r when r.FileChild is { } fileChild:
             {
                 var file = Refresh(fileChild, graph);
-                return (file.Filename, Dict([("driver", Quote("raw")), ("file", file.Options)]));
+                string options = Dict([("driver", Quote("raw")), ("file", file.Options)]);
+                return (IsJson(file.Filename) ? "json:" + options : file.Filename, options);
+            }
+            case Drivers.Blkdebug.BlkdebugNode b when b.Children.Count > 0:
+            {
+                // blkdebug_refresh_filename: blkdebug:CONFIG:IMAGE when nothing but a config file was given, else json:.
+                var image = Refresh(b.Children[0].Child, graph);
+                var members = new List<(string, string)> { ("driver", Quote("blkdebug")) };
+                foreach (var (key, value) in b.StrongOptions)
+                    members.Add((key, Scalar(value)));
+                members.Add(("image", image.Options));
+                string options = Dict(members);
+                bool exact = !IsJson(image.Filename) && b.StrongOptions.All(o => o.Key == "config");
+                return (exact ? b.FileName : "json:" + options, options);
             }
             case FileNode f:
                 return (f.FileName, Dict([("driver", Quote("file")), ("filename", Quote(f.FileName))]));
@@ -84,6 +97,12 @@ public static class NodeFilename
             return (1103515243u * value + 12345u) % 512;
         }
     }
+
+    private static bool IsJson(string filename) => filename.StartsWith("json:", StringComparison.Ordinal);
+
+    /// <summary>An option's value as QEMU keeps it: strings quoted, numbers and booleans as given.</summary>
+    private static string Scalar(System.Text.Json.Nodes.JsonNode value) =>
+        value is System.Text.Json.Nodes.JsonValue v && v.TryGetValue<string>(out var str) ? Quote(str) : value.ToJsonString();
 
     /// <summary>A JSON string as QEMU writes it (quotes, backslashes and control characters escaped).</summary>
     private static string Quote(string s)

@@ -61,6 +61,10 @@ internal sealed class MetadataCache
     /// <summary>Counts tables that left the cache: a table held since this last changed is still the cached one.</summary>
     public int Removals { get; private set; }
 
+    /// <summary>What a table read from the file and a table written back tell a blkdebug file (l2_load, l2_update, ...).</summary>
+    public DebugEvent? LoadEvent { get; init; }
+    public DebugEvent? UpdateEvent { get; init; }
+
     /// <summary>Dirty tables, kept up to date by <see cref="CachedTable.Dirty"/>.</summary>
     public int DirtyCount { get; internal set; }
 
@@ -72,6 +76,8 @@ internal sealed class MetadataCache
             return t;
         }
         var data = new byte[_tableSize];
+        if (LoadEvent is { } load)
+            _storage.Event(load);
         await _storage.ReadAsync(data, offset, ct).ConfigureAwait(false);
         return Insert(offset, data);
     }
@@ -147,6 +153,8 @@ internal sealed class MetadataCache
         dirty.Sort((a, b) => a.Offset.CompareTo(b.Offset));
         foreach (var t in dirty)
         {
+            if (UpdateEvent is { } update)
+                _storage.Event(update);
             await _storage.WriteAsync(t.Data, t.Offset, ct).ConfigureAwait(false);
             t.Dirty = false;
         }

@@ -1,4 +1,5 @@
 using System.Buffers;
+using Strata.Images.Storage;
 using static Strata.Images.Qcow2.Qcow2Constants;
 
 namespace Strata.Images.Qcow2;
@@ -72,6 +73,7 @@ public sealed partial class Qcow2Image
         if (k == 0)
             return null;
         await MarkDirtyIfLazyAsync(ct).ConfigureAwait(false);
+        _file.Event(DebugEvent.ClusterAlloc);
         long host = await _rc.AllocateClustersAsync(k, ct).ConfigureAwait(false);
         int len = (int)Math.Min(length, clusterStart + ((long)k << _cb) - offset);
         var plan = new AllocationPlan(clusterStart, k, host, len);
@@ -162,6 +164,7 @@ public sealed partial class Qcow2Image
     {
         int b = a + data.Length;
         int headLen = a - headStart, tailLen = tailEnd - b;
+        _file.Event(DebugEvent.WriteAio);
         if (headLen == 0 && tailLen == 0)
         {
             await _file.WriteAsync(data, plan.Host + a, ct).ConfigureAwait(false);

@@ -1,4 +1,5 @@
 using System.Buffers.Binary;
+using Strata.Images.Storage;
 using static Strata.Images.Qcow2.Qcow2Constants;
 
 namespace Strata.Images.Qcow2;
@@ -13,6 +14,7 @@ public sealed partial class Qcow2Image
         await _lock.WaitAsync(ct).ConfigureAwait(false);
         try
         {
+            _file.Event(DebugEvent.FlushToOs);
             await FlushMetadataLockedAsync(ct).ConfigureAwait(false);
         }
         finally
@@ -34,21 +36,22 @@ public sealed partial class Qcow2Image
         if (_rc.IsDirty && (!_dirtyBitSet || _rc.Blocks.DirtyCount >= _rc.Blocks.Capacity))
             await _rc.WriteDirtyAsync(ct).ConfigureAwait(false);
 
-        // 2. This flush makes guest data and refcounts durable before the L2 entries that reference them.
-        await _file.FlushAsync(ct).ConfigureAwait(false);
-
         if (_l2Cache.HasDirty)
         {
+            // 2. Guest data and refcounts durable before the L2 entries that reference them.
+            await _file.FlushAsync(ct).ConfigureAwait(false);
             await _l2Cache.WriteDirtyAsync(ct).ConfigureAwait(false);
-            // 3. New L2 tables must be on disk before the L1 points at them.
-            if (_dirtyL1.Count > 0)
-                await _file.FlushAsync(ct).ConfigureAwait(false);
         }
         if (_dirtyL1.Count > 0)
         {
-            await WriteL1EntriesAsync(ct).ConfigureAwait(false);
+            // 3. New L2 tables must be on disk before the L1 points at them.
             await _file.FlushAsync(ct).ConfigureAwait(false);
+            await WriteL1EntriesAsync(ct).ConfigureAwait(false);
         }
+        // What QEMU's flush does once the format's caches are written: the file's own flush. (Rules a blkdebug file
+        // arms on flush_to_disk take effect after this flush in QEMU, so the event comes after it here too.)
+        await _file.FlushAsync(ct).ConfigureAwait(false);
+        _file.Event(DebugEvent.FlushToDisk);
 
         // 4. Only now is no on-disk table referencing the clusters we dropped: free them, once the reads and
         //    writes that looked up their mapping before the lock was taken have finished with them.
@@ -98,7 +101,10 @@ public sealed partial class Qcow2Image
     private async ValueTask WriteL1EntriesAsync(CancellationToken ct)
     {
         foreach (var (data, offset) in DirtyL1Runs())
+        {
+            _file.Event(DebugEvent.L1Update);
             await _file.WriteAsync(data, offset, ct).ConfigureAwait(false);
+        }
         _dirtyL1.Clear();
     }
 

@@ -1,4 +1,5 @@
 using System.Buffers;
+using Strata.Images.Storage;
 using static Strata.Images.Qcow2.Qcow2Constants;
 
 namespace Strata.Images.Qcow2;
@@ -62,6 +63,7 @@ public sealed partial class Qcow2Image
         switch (run.Kind)
         {
             case RunKind.Data:
+                _file.Event(DebugEvent.ReadAio);
                 return _file.ReadAsync(part, run.Host, ct);
             case RunKind.Zero:
                 part.Span.Clear();

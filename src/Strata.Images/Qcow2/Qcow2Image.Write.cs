@@ -1,5 +1,6 @@
 using System.Buffers;
 using Strata.Images.Format;
+using Strata.Images.Storage;
 using static Strata.Images.Qcow2.Qcow2Constants;
 
 namespace Strata.Images.Qcow2;
@@ -67,6 +68,7 @@ public sealed partial class Qcow2Image
             {
                 try
                 {
+                    _file.Event(DebugEvent.WriteAio);
                     await _file.WriteAsync(data[..n], host, ct).ConfigureAwait(false);
                 }
                 finally
@@ -324,20 +326,48 @@ public sealed partial class Qcow2Image
         if (off != 0 && (e & OflagCopied) != 0)
             return (await GetL2Async(guestOffset, ct).ConfigureAwait(false))!;
 
+        // As QEMU's l2_allocate, the new table is written through, each step durable before the next one refers to it:
+        // its refcount, then the table, then its L1 entry. (A blkdebug file sees the same requests and events as QEMU's.)
+        _file.Event(DebugEvent.ClusterAlloc);
         long newL2 = await _rc.AllocateClustersAsync(1, ct).ConfigureAwait(false);
-        CachedTable t;
-        if (off == 0)
-            t = _l2Cache.GetEmpty(newL2);
-        else
+        CachedTable? t = null;
+        bool linking = false;
+        try
         {
-            var old = (await GetL2Async(guestOffset, ct).ConfigureAwait(false))!;
-            t = _l2Cache.GetEmpty(newL2, old.Data);
-            _rc.DeferFree(off, _cs);
+            await _rc.WriteDirtyAsync(ct).ConfigureAwait(false);
+            await _file.FlushAsync(ct).ConfigureAwait(false);
+            if (off == 0)
+                t = _l2Cache.GetEmpty(newL2);
+            else
+            {
+                _file.Event(DebugEvent.L2AllocCowRead);
+                var old = (await GetL2Async(guestOffset, ct).ConfigureAwait(false))!;
+                t = _l2Cache.GetEmpty(newL2, old.Data);
+            }
+            _file.Event(DebugEvent.L2AllocWrite);
+            await _l2Cache.WriteDirtyAsync(ct).ConfigureAwait(false);
+            await _file.FlushAsync(ct).ConfigureAwait(false);
+            _l1[i] = (ulong)newL2 | OflagCopied;
+            _dirtyL1.Add((int)i);
+            await WriteL1EntriesAsync(ct).ConfigureAwait(false);
+            linking = true;
+            await _file.FlushAsync(ct).ConfigureAwait(false);
         }
-        _l1[i] = (ulong)newL2 | OflagCopied;
-        _dirtyL1.Add((int)i);
+        catch (Exception ex) when (!linking && ex is IOException or ImageException)
+        {
+            // As QEMU's l2_allocate: the old L1 entry stays, the new table's cluster is freed (no leak). Once the L1 entry
+            // is written (only its flush failed), the new table, durable by then, is kept.
+            _l1[i] = e;
+            _dirtyL1.Remove((int)i);
+            _l2Cache.Discard(newL2);
+            while (!await _rc.UpdateAsync(newL2 >> _cb, 1, -1, ct).ConfigureAwait(false)) { }
+            throw;
+        }
         if (off != 0)
+        {
+            _rc.DeferFree(off, _cs);
             _metadata.Remove(off, MetadataKind.ActiveL2); // now only the snapshot's
+        }
         _metadata.Add(newL2, _cs, MetadataKind.ActiveL2);
         return t;
     }

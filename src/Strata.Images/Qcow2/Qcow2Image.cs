@@ -74,7 +74,10 @@ public sealed partial class Qcow2Image : IImage
         _scBits = _cb - 5;
         _l1 = l1;
         long l2Bytes = options.L2CacheSize ?? Math.Min(32L << 20, Math.Max((long)_cs * 2, (header.L1Size + 1L) * _cs));
-        _l2Cache = new MetadataCache(file, _cs, (int)Math.Clamp(l2Bytes / _cs, 2, 1 << 20));
+        _l2Cache = new MetadataCache(file, _cs, (int)Math.Clamp(l2Bytes / _cs, 2, 1 << 20))
+        {
+            LoadEvent = DebugEvent.L2Load, UpdateEvent = DebugEvent.L2Update,
+        };
         long rcBytes = options.RefcountCacheSize ?? Math.Max(4L * _cs, 256 * 1024);
         _metadata = new MetadataMap(_cb);
         _rc = new RefcountTable(file, header, refTable, (int)Math.Clamp(rcBytes / _cs, 2, 1 << 20), _metadata);
@@ -104,6 +107,19 @@ public sealed partial class Qcow2Image : IImage
     internal RefcountTable Refcounts => _rc;
     internal IReadOnlyList<ulong> L1Table => _l1;
 
+    /// <summary>A read of qcow2_do_open: an I/O error (a disk's, an injected one) fails with QEMU's message and the errno's text.</summary>
+    private static async ValueTask ReadForOpenAsync(IStorage file, Memory<byte> buffer, long offset, string what, CancellationToken ct)
+    {
+        try
+        {
+            await file.ReadAsync(buffer, offset, ct).ConfigureAwait(false);
+        }
+        catch (IOException e) when (e.HResult is > 0 and < 4096)
+        {
+            throw new ImageException($"{what}: {System.Runtime.InteropServices.Marshal.GetPInvokeErrorMessage(e.HResult)}", e);
+        }
+    }
+
     /// <summary>Opens a qcow2 image, validating the header and tables before using them.</summary>
     public static async ValueTask<Qcow2Image> OpenAsync(IStorage file, Qcow2OpenOptions? options = null, CancellationToken ct = default)
     {
@@ -111,7 +127,7 @@ public sealed partial class Qcow2Image : IImage
         long fileLength = file.Length;
         // 64 KiB (the default cluster size) at once: most images need no second read for cluster 0.
         var first = new byte[Math.Min(65536, Math.Max(fileLength, V2HeaderLength))];
-        await file.ReadAsync(first, 0, ct).ConfigureAwait(false);
+        await ReadForOpenAsync(file, first, 0, "Could not read qcow2 header", ct).ConfigureAwait(false);
         if (fileLength < V2HeaderLength)
             throw new ImageException($"Image is not in qcow2 format: '{file.Name}' is too short");
         var probe = Qcow2Header.Parse(first, long.MaxValue, file.Name); // cluster size is validated here
@@ -119,7 +135,7 @@ public sealed partial class Qcow2Image : IImage
         if (probe.ClusterSize > first.Length)
         {
             cluster0 = new byte[probe.ClusterSize];
-            await file.ReadAsync(cluster0, 0, ct).ConfigureAwait(false);
+            await ReadForOpenAsync(file, cluster0, 0, "Could not read qcow2 header", ct).ConfigureAwait(false);
         }
         var h = Qcow2Header.Parse(cluster0, fileLength, file.Name);
 
@@ -143,7 +159,7 @@ public sealed partial class Qcow2Image : IImage
         if (h.L1Size > 0)
         {
             var raw = new byte[h.L1Size * 8L];
-            await file.ReadAsync(raw, h.L1TableOffset, ct).ConfigureAwait(false);
+            await ReadForOpenAsync(file, raw, h.L1TableOffset, "Could not read L1 table", ct).ConfigureAwait(false);
             for (int i = 0; i < l1.Length; i++)
                 l1[i] = BinaryPrimitives.ReadUInt64BigEndian(raw.AsSpan(i * 8));
         }

@@ -41,7 +41,10 @@ internal sealed class RefcountTable
         _blockBits = _clusterBits + 3 - _order;
         _max = _order == 6 ? ulong.MaxValue : (1UL << (1 << _order)) - 1;
         _table = table;
-        Blocks = new MetadataCache(storage, _clusterSize, cacheTables);
+        Blocks = new MetadataCache(storage, _clusterSize, cacheTables)
+        {
+            LoadEvent = DebugEvent.RefblockLoad, UpdateEvent = DebugEvent.RefblockUpdatePart,
+        };
     }
 
     public MetadataCache Blocks { get; }
@@ -289,9 +292,16 @@ internal sealed class RefcountTable
     /// </summary>
     public async ValueTask<bool> UpdateAsync(long first, long count, long addend, CancellationToken ct = default)
     {
+        long lastBlock = -1;
         for (long i = 0; i < count; i++)
         {
             long idx = first + i;
+            // QEMU's update_refcount goes through alloc_refcount_block (and its event) for each refcount block it touches.
+            if (idx >> _blockBits != lastBlock)
+            {
+                lastBlock = idx >> _blockBits;
+                _storage.Event(DebugEvent.RefblockAlloc);
+            }
             long off = BlockOffsetFor(idx, out _);
             if (off == 0)
             {

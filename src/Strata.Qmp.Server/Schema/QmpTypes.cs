@@ -76,6 +76,19 @@ public static class QmpTypes
         Opt("cache-size", Int), Opt("l2-cache-size", Int), Opt("l2-cache-entry-size", Int), Opt("refcount-cache-size", Int),
         Opt("cache-clean-interval", Int), Opt("encrypt", QapiBuiltin.Any), Opt("data-file", BlockdevRef));
 
+    private static readonly QapiEnum BlockPermission = new("BlockPermission", "consistent-read", "write", "write-unchanged", "resize");
+    private static readonly QapiEnum BlkdebugEvent = new("BlkdebugEvent", Strata.Images.Storage.DebugEvents.Names);
+    private static readonly QapiObject BlockdevOptionsBlkdebug = new("BlockdevOptionsBlkdebug",
+        Req("image", BlockdevRef), Opt("config", Str), Opt("align", Int), Opt("max-transfer", Int), Opt("opt-write-zero", Int),
+        Opt("max-write-zero", Int), Opt("opt-discard", Int), Opt("max-discard", Int),
+        Opt("inject-error", new QapiArray(new QapiObject("BlkdebugInjectErrorOptions",
+            Req("event", BlkdebugEvent), Opt("state", Int),
+            Opt("iotype", new QapiEnum("BlkdebugIOType", "read", "write", "write-zeroes", "discard", "flush", "block-status")),
+            Opt("errno", Int), Opt("sector", Int), Opt("once", Bool), Opt("immediately", Bool)))),
+        Opt("set-state", new QapiArray(new QapiObject("BlkdebugSetStateOptions",
+            Req("event", BlkdebugEvent), Opt("state", Int), Req("new_state", Int)))),
+        Opt("take-child-perms", new QapiArray(BlockPermission)), Opt("unshare-child-perms", new QapiArray(BlockPermission)));
+
     /// <summary>
     /// blockdev-add's arguments as introspected: the base members and the variants of the drivers Strata opens.
     /// (The members themselves are checked by <see cref="Strata.Block.BlockGraph"/>, with QEMU's messages.)
@@ -84,7 +97,7 @@ public static class QmpTypes
         [Req("driver", BlockdevDriver), Opt("node-name", Str), Opt("discard", DiscardOptions), Opt("cache", CacheOptions),
          Opt("read-only", Bool), Opt("auto-read-only", Bool), Opt("force-share", Bool), Opt("detect-zeroes", DetectZeroesOptions)],
         "driver",
-        ("file", BlockdevOptionsFileObj), ("null-co", BlockdevOptionsNull), ("qcow2", BlockdevOptionsQcow2), ("raw", BlockdevOptionsRaw));
+        ("blkdebug", BlockdevOptionsBlkdebug), ("file", BlockdevOptionsFileObj), ("null-co", BlockdevOptionsNull), ("qcow2", BlockdevOptionsQcow2), ("raw", BlockdevOptionsRaw));
 
     public static QapiObject BlockdevDelArgs { get; } = new("q_obj_blockdev-del-arg", Req("node-name", Str));
 
@@ -164,8 +177,6 @@ public static class QmpTypes
     public static QapiObject BlockStats { get; } = new("BlockStats",
         Opt("device", Str), Opt("qdev", Str), Opt("node-name", Str), Req("stats", BlockDeviceStats),
         Opt("driver-specific", BlockStatsSpecific), Opt("parent", QapiBuiltin.Any), Opt("backing", QapiBuiltin.Any));
-
-    private static readonly QapiEnum BlockPermission = new("BlockPermission", "consistent-read", "write", "write-unchanged", "resize", "graph-mod");
 
     public static QapiObject XDbgBlockGraph { get; } = new("XDbgBlockGraph",
         Req("nodes", new QapiArray(new QapiObject("XDbgBlockGraphNode",
