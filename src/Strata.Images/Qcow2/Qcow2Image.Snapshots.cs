@@ -126,14 +126,14 @@ public sealed partial class Qcow2Image
                 await _file.WriteAsync(SerializeL1(_l1, _l1.Length), off, ct).ConfigureAwait(false);
             }
 
-            // The new table goes to its clusters now (QEMU allocates them right after the +1 pass, which allocates
-            // nothing, so they are the same clusters), out of the window below.
-            var staged = await StageSnapshotTableAsync(new List<Qcow2Snapshot>(list) { sn }, ct).ConfigureAwait(false);
-
             // +1 for everything the active L1 references and the COPIED flags cleared, staged in the caches and
             // written together; durable before the header makes the snapshot visible.
             await UpdateSnapshotRefcountAsync(_l1, 1, activeL1: true, ct).ConfigureAwait(false);
             await WriteStagedMetadataAsync(refcountsFirst: true, ct).ConfigureAwait(false);
+            // Then the new table, in QEMU's order (qcow2_write_snapshots after the +1 pass): a failure above leaves
+            // the file as QEMU's, and the table stays out of the window where refcounts and COPIED flags disagree.
+            var staged = await StageSnapshotTableAsync(new List<Qcow2Snapshot>(list) { sn }, ct).ConfigureAwait(false);
+            await _rc.WriteDirtyAsync(ct).ConfigureAwait(false);
             await SwitchSnapshotTableAsync(staged, ct).ConfigureAwait(false);
             if (l1Bytes > 0)
                 _metadata.Add((long)sn.L1TableOffset, l1Bytes, MetadataKind.InactiveL1);
@@ -670,18 +670,29 @@ public sealed partial class Qcow2Image
         _rc.Blocks.CollectDirty(refcounts);
         _l2Cache.CollectDirty(l2);
         var writes = new List<(ReadOnlyMemory<byte> Data, long Offset)>();
+        var events = new List<DebugEvent?>(); // what QEMU's cache flush reports to a blkdebug file per write
         if (refcountsFirst)
-            AddTables(refcounts);
-        AddTables(l2);
-        writes.AddRange(DirtyL1Runs());
+            AddTables(refcounts, _rc.Blocks.UpdateEvent);
+        AddTables(l2, _l2Cache.UpdateEvent);
+        foreach (var run in DirtyL1Runs())
+        {
+            writes.Add(run);
+            events.Add(null);
+        }
         if (!refcountsFirst)
-            AddTables(refcounts);
+            AddTables(refcounts, _rc.Blocks.UpdateEvent);
 
         if (_file is FileStorage fs)
             await fs.WriteManyAsync(writes, ct).ConfigureAwait(false);
         else
-            foreach (var (data, offset) in writes)
-                await _file.WriteAsync(data, offset, ct).ConfigureAwait(false);
+        {
+            for (int i = 0; i < writes.Count; i++)
+            {
+                if (events[i] is { } e)
+                    _file.Event(e);
+                await _file.WriteAsync(writes[i].Data, writes[i].Offset, ct).ConfigureAwait(false);
+            }
+        }
         foreach (var t in refcounts)
             t.Dirty = false;
         foreach (var t in l2)
@@ -689,11 +700,14 @@ public sealed partial class Qcow2Image
         _dirtyL1.Clear();
         await _file.FlushAsync(ct).ConfigureAwait(false);
 
-        void AddTables(List<CachedTable> tables)
+        void AddTables(List<CachedTable> tables, DebugEvent? update)
         {
             tables.Sort((x, y) => x.Offset.CompareTo(y.Offset));
             foreach (var t in tables)
+            {
                 writes.Add((t.Data, t.Offset));
+                events.Add(update);
+            }
         }
     }
 
