@@ -338,6 +338,87 @@ public sealed class BlockGraph : IAsyncDisposable
         }
     }
 
+    // ---- for backup jobs ------------------------------------------------------------------------------
+
+    /// <summary>
+    /// bdrv_cbw_append: opens a copy-before-write filter over <paramref name="source"/> (file child) writing to
+    /// <paramref name="target"/> (target child), named <paramref name="filterName"/> or automatically, and moves every
+    /// backend of the source (exports, jobs) onto it, as QEMU's bdrv_append. Call drained. Nothing changes on failure.
+    /// </summary>
+    internal CopyBeforeWriteNode InsertCopyBeforeWrite(BlockNode source, BlockNode target, string? filterName, Jobs.BlockCopy copy)
+    {
+        if (filterName != null)
+        {
+            CheckNodeName(filterName);
+            if (Find(filterName) != null)
+                throw new BlockException($"Duplicate nodes with node-name='{filterName}'");
+        }
+        var node = new CopyBeforeWriteNode(filterName ?? NextAutoName(), filterName == null, source, copy) { Appending = true };
+        var moved = new List<BlockBackend>();
+        var edges = new List<BlockEdge>();
+        try
+        {
+            edges.Add(node.AttachChild(source, "file", ChildRole.Filtered));
+            edges.Add(node.AttachChild(target, "target", ChildRole.Data));
+            foreach (var e in source.Parents.ToArray())
+            {
+                if (e.Parent is BlockBackend backend)
+                {
+                    backend.ReplaceRoot(node);
+                    moved.Add(backend);
+                }
+            }
+            node.Appending = false;
+            node.RefreshPermissions();
+        }
+        catch
+        {
+            node.Appending = true;
+            try
+            {
+                node.RefreshPermissions();
+            }
+            catch (BlockException)
+            {
+            }
+            for (int i = moved.Count - 1; i >= 0; i--)
+                moved[i].ReplaceRoot(source);
+            foreach (var e in edges)
+                e.Release();
+            throw;
+        }
+        node.NamingOrder = ++_namingCounter;
+        _nodes.Add(node);
+        _batchOf[node] = ++_batch;
+        _unowned.Add(node);
+        return node;
+    }
+
+    /// <summary>bdrv_cbw_drop: the filter's users go back to its source, and the filter leaves the graph. Call drained.</summary>
+    internal void RemoveCopyBeforeWrite(CopyBeforeWriteNode node)
+    {
+        if (!_nodes.Contains(node))
+            return;
+        var source = node.FileChild!;
+        node.Appending = true;
+        try
+        {
+            node.RefreshPermissions();
+        }
+        catch (BlockException)
+        {
+            // Only sharing more: cannot conflict.
+        }
+        foreach (var e in node.Parents.ToArray())
+            if (e.Parent is BlockBackend backend)
+                backend.ReplaceRoot(source);
+        foreach (var e in node.Children.ToArray())
+            e.Release();
+        _nodes.Remove(node);
+        _batchOf.Remove(node);
+        _unowned.Remove(node);
+    }
+
     private string NextAutoName() => $"#block{_autoNameCounter++:D3}";
 
     /// <summary>QEMU's rule: a well-formed id of at most 31 characters.</summary>

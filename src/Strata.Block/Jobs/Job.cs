@@ -114,6 +114,39 @@ public abstract class Job
     {
     }
 
+    /// <summary>job-resume was accepted (block jobs reset their I/O status).</summary>
+    protected virtual void OnUserResume()
+    {
+    }
+
+    /// <summary>The lock that guards the job's state (the registry's).</summary>
+    protected object JobLock => Lock;
+
+    /// <summary>Sends an event to the registry's listeners (call with <see cref="JobLock"/> held).</summary>
+    protected void Publish(JobEvent e) => Registry.Events.Publish(e);
+
+    /// <summary>
+    /// Work a completion step needs that must wait (closing a node): it runs on the main loop, in the turn that
+    /// completed the job, before the turn ends (see <see cref="JobRegistry.RunDeferredAsync"/>).
+    /// </summary>
+    protected void Defer(Func<ValueTask> work) => Registry.Defer(work);
+
+    /// <summary>
+    /// An error with policy "stop" (block_job_error_action): the job pauses as if the user had paused it, so that
+    /// job-resume continues it.
+    /// </summary>
+    protected void PauseAsUser()
+    {
+        lock (Lock)
+        {
+            if (!_userPaused)
+            {
+                _pauseCount++;
+                _userPaused = true;
+            }
+        }
+    }
+
     /// <summary>
     /// A cancel was asked; returns whether it is a forced cancel. Jobs without a soft cancel (all but mirror) always
     /// force it.
@@ -300,7 +333,10 @@ public abstract class Job
     {
         await Run.ConfigureAwait(false);
         using (await Registry.MainLoop.EnterAsync().ConfigureAwait(false))
+        {
             Exit();
+            await Registry.RunDeferredAsync().ConfigureAwait(false);
+        }
     }
 
     /// <summary>job_exit: the run is over; complete the job (unless a transaction's abort already did).</summary>
@@ -340,6 +376,9 @@ public abstract class Job
                 throw new BlockException("Job is already paused");
             _userPaused = true;
             _pauseCount++;
+            // A job waiting (between chunks, or for a cancel) is woken so that it reaches its pause point now.
+            if (!_paused)
+                Enter();
         }
     }
 
@@ -352,6 +391,7 @@ public abstract class Job
                 throw new BlockException("Can't resume a job that was not paused");
             CheckVerb(JobVerb.Resume);
             _userPaused = false;
+            OnUserResume();
             ResumeCore();
         }
     }
