@@ -349,12 +349,21 @@ public sealed class BlockGraph : IAsyncDisposable
     {
         if (filterName != null)
         {
-            CheckNodeName(filterName);
+            // bdrv_insert_node's words around bdrv_open's.
+            try
+            {
+                CheckNodeName(filterName);
+            }
+            catch (BlockException e)
+            {
+                throw new BlockException("Could not create node: " + e.Message);
+            }
             if (Find(filterName) != null)
-                throw new BlockException($"Duplicate nodes with node-name='{filterName}'");
+                throw new BlockException($"Could not create node: Duplicate nodes with node-name='{filterName}'");
         }
         var node = new CopyBeforeWriteNode(filterName ?? NextAutoName(), filterName == null, source, copy) { Appending = true };
         var moved = new List<BlockBackend>();
+        var movedFilters = new List<CopyBeforeWriteNode>();
         var edges = new List<BlockEdge>();
         try
         {
@@ -367,9 +376,20 @@ public sealed class BlockGraph : IAsyncDisposable
                     backend.ReplaceRoot(node);
                     moved.Add(backend);
                 }
+                else if (e.Parent is CopyBeforeWriteNode other && e.Role == "file")
+                {
+                    // Another backup's filter: it now filters this one, so a guest write passes both (QEMU's chain).
+                    other.ReplaceFile(node);
+                    movedFilters.Add(other);
+                }
             }
             node.Appending = false;
             node.RefreshPermissions();
+            foreach (var f in movedFilters)
+            {
+                f.Appending = false;
+                f.RefreshPermissions();
+            }
         }
         catch
         {
@@ -383,6 +403,8 @@ public sealed class BlockGraph : IAsyncDisposable
             }
             for (int i = moved.Count - 1; i >= 0; i--)
                 moved[i].ReplaceRoot(source);
+            foreach (var f in movedFilters)
+                f.ReplaceFile(source);
             foreach (var e in edges)
                 e.Release();
             throw;
@@ -409,11 +431,30 @@ public sealed class BlockGraph : IAsyncDisposable
         {
             // Only sharing more: cannot conflict.
         }
+        var filters = new List<CopyBeforeWriteNode>();
         foreach (var e in node.Parents.ToArray())
+        {
             if (e.Parent is BlockBackend backend)
                 backend.ReplaceRoot(source);
+            else if (e.Parent is CopyBeforeWriteNode other && e.Role == "file")
+            {
+                other.ReplaceFile(source);
+                filters.Add(other);
+            }
+        }
         foreach (var e in node.Children.ToArray())
             e.Release();
+        foreach (var f in filters)
+        {
+            f.Appending = false;
+            try
+            {
+                f.RefreshPermissions();
+            }
+            catch (BlockException)
+            {
+            }
+        }
         _nodes.Remove(node);
         _batchOf.Remove(node);
         _unowned.Remove(node);
@@ -432,6 +473,7 @@ public sealed class BlockGraph : IAsyncDisposable
     public async ValueTask DeleteAsync(string nodeName)
     {
         var node = Find(nodeName) ?? throw new BlockException($"Failed to find node with node-name='{nodeName}'", BlockErrorKind.Generic);
+        node.CheckNotBlocked();
         foreach (var p in node.Parents)
             if (p.Parent is not BlockNode)
                 throw new BlockException($"Node {nodeName} is in use");

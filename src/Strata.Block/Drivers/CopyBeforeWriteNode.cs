@@ -20,7 +20,7 @@ public sealed class CopyBeforeWriteNode : BlockNode
     {
         _source = source;
         Copy = copy;
-        _inner = new Passthrough(source, copy);
+        _inner = new Passthrough(this, source, copy);
     }
 
     public BlockCopy Copy { get; }
@@ -29,6 +29,22 @@ public sealed class CopyBeforeWriteNode : BlockNode
     internal bool Appending { get; set; }
 
     public override string FileName => _source.FileName;
+
+    /// <summary>Where the filter's writes go: its file child (the source, or the filter of a later backup of it).</summary>
+    private IImage WriteTarget => FileChild ?? _source;
+
+    /// <summary>
+    /// bdrv_replace_node for the filter's file edge: a later backup's filter goes between this one and the source.
+    /// Call drained; permissions are refreshed by the caller once the graph is whole again.
+    /// </summary>
+    internal void ReplaceFile(BlockNode newChild)
+    {
+        Appending = true;
+        foreach (var e in Children.ToArray())
+            if (e.Role == "file")
+                e.Release();
+        AttachChild(newChild, "file", ChildRole.Filtered);
+    }
 
     protected override IImage Inner => _inner;
 
@@ -53,7 +69,7 @@ public sealed class CopyBeforeWriteNode : BlockNode
     }
 
     /// <summary>The filter's data path: reads as the source; changes copy the old data out first.</summary>
-    private sealed class Passthrough(BlockNode source, BlockCopy copy) : IImage
+    private sealed class Passthrough(CopyBeforeWriteNode node, BlockNode source, BlockCopy copy) : IImage
     {
         public string FormatName => "copy-before-write";
         public string FileName => source.FileName;
@@ -71,19 +87,19 @@ public sealed class CopyBeforeWriteNode : BlockNode
         public async ValueTask WriteAsync(ReadOnlyMemory<byte> data, long offset, WriteFlags flags = WriteFlags.None, CancellationToken ct = default)
         {
             await copy.CopyBeforeWriteAsync(offset, data.Length, ct).ConfigureAwait(false);
-            await source.WriteAsync(data, offset, flags, ct).ConfigureAwait(false);
+            await node.WriteTarget.WriteAsync(data, offset, flags, ct).ConfigureAwait(false);
         }
 
         public async ValueTask WriteZeroesAsync(long offset, long length, ZeroFlags flags = ZeroFlags.None, CancellationToken ct = default)
         {
             await copy.CopyBeforeWriteAsync(offset, length, ct).ConfigureAwait(false);
-            await source.WriteZeroesAsync(offset, length, flags, ct).ConfigureAwait(false);
+            await node.WriteTarget.WriteZeroesAsync(offset, length, flags, ct).ConfigureAwait(false);
         }
 
         public async ValueTask DiscardAsync(long offset, long length, CancellationToken ct = default)
         {
             await copy.CopyBeforeWriteAsync(offset, length, ct).ConfigureAwait(false);
-            await source.DiscardAsync(offset, length, ct).ConfigureAwait(false);
+            await node.WriteTarget.DiscardAsync(offset, length, ct).ConfigureAwait(false);
         }
 
         public ValueTask FlushAsync(CancellationToken ct = default) => source.FlushAsync(ct);

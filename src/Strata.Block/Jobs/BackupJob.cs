@@ -73,6 +73,11 @@ public sealed class BackupJob : BlockJob
 
     public override string Type => "backup";
 
+    public override bool StopsAtOnce => _copy.InFlightBytes == 0;
+
+    /// <summary>Nothing to copy (an empty bitmap): the run ends without I/O, before the command's reply in QEMU.</summary>
+    public bool NothingToCopy => _sync != MirrorSyncMode.None && _copy.CopyBitmap.DirtyGranules == 0;
+
     public BlockNode Source => _source;
 
     public BlockNode Target => _target;
@@ -120,8 +125,8 @@ public sealed class BackupJob : BlockJob
             throw new BlockException("Source and target cannot be the same");
         if (o.Compress && target.FormatImage is not Strata.Images.Qcow2.Qcow2Image)
             throw new BlockException("Compression is not supported for this drive ");
-        CheckNotInBackup(source, asTarget: false);
-        CheckNotInBackup(target, asTarget: true);
+        CheckNotInBackup(source);
+        CheckNotInBackup(target);
 
         DirtyBitmap? successor = null;
         if (bitmap is not null)
@@ -132,6 +137,7 @@ public sealed class BackupJob : BlockJob
         }
 
         CopyBeforeWriteNode? cbw = null;
+        BackupJob? created = null;
         try
         {
             if (target.Size != source.Size)
@@ -139,14 +145,19 @@ public sealed class BackupJob : BlockJob
             var copy = new BlockCopy(source, target, o.Compress);
             cbw = graph.InsertCopyBeforeWrite(source, target, o.FilterNodeName, copy);
             var options = o with { Sync = sync, BitmapMode = bitmapMode };
-            var job = new BackupJob(o.JobId, options, graph, source, target, ownsTarget, cbw, bitmap, successor);
+            // Without a job-id QEMU takes the filter's device name, which is empty in qemu-storage-daemon.
+            var job = new BackupJob(o.JobId ?? "", options, graph, source, target, ownsTarget, cbw, bitmap, successor);
             registry.Create(job, transaction);
+            created = job;
             CheckSpeed(o.Speed);
             job.InitCopyBitmap();
+            // block_job_add_bdrv's op blockers: the filter and the target belong to the job now.
+            cbw.JobBlocker = target.JobBlocker = "backup";
             return job;
         }
         catch
         {
+            created?.EarlyFail();
             if (successor is not null)
                 Reclaim(source.DirtyBitmaps, bitmap!, successor);
             if (cbw is not null)
@@ -177,15 +188,7 @@ public sealed class BackupJob : BlockJob
     }
 
     /// <summary>QEMU's op blockers: a node already in a backup (its source under a filter, or its target) is busy.</summary>
-    private static void CheckNotInBackup(BlockNode node, bool asTarget)
-    {
-        foreach (var e in node.Parents)
-        {
-            if (e.Parent is CopyBeforeWriteNode)
-                throw new BlockException($"Node '{node.NodeName}' is busy: block device is in use by block job: backup");
-        }
-        _ = asTarget;
-    }
+    internal static void CheckNotInBackup(BlockNode node) => node.CheckNotBlocked();
 
     /// <summary>bdrv_dirty_bitmap_create_successor: the bitmap freezes (disabled, busy); a successor records from now on.</summary>
     private static DirtyBitmap CreateSuccessor(DirtyBitmapSet set, DirtyBitmap bitmap)
@@ -403,6 +406,8 @@ public sealed class BackupJob : BlockJob
         _cleaned = true;
         Defer(async () =>
         {
+            _cbw.JobBlocker = null;
+            _target.JobBlocker = null;
             await using (await DrainUsersAsync().ConfigureAwait(false))
                 _graph.RemoveCopyBeforeWrite(_cbw);
             if (_ownsTarget)

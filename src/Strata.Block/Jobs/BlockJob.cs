@@ -43,6 +43,11 @@ public abstract class BlockJob : Job
 
     public bool IsReady => Status is JobStatus.Ready or JobStatus.Standby;
 
+    /// <summary>
+    /// Whether a cancel ends the run at once (no I/O in flight): QEMU then completes the job before the cancel's reply.
+    /// </summary>
+    public virtual bool StopsAtOnce => true;
+
     /// <summary>QEMU's checks of a speed given at creation (block_job_create).</summary>
     public static void CheckSpeed(long speed)
     {

@@ -20,6 +20,8 @@ public abstract class Job
     private bool _forceCancel;
     private bool _deferredToMainLoop;
     private bool _sleeping;
+    private bool _atPause;
+    private JobStatus _prior;
     private bool _exited;
     private bool _failed;
     private TaskCompletionSource? _wake;
@@ -202,29 +204,37 @@ public abstract class Job
 
     /// <summary>
     /// Where the job stops while paused (job_pause_point): it shows "paused" (or "standby" when ready) until resumed
-    /// or cancelled, then returns to the status it had.
+    /// or cancelled, then returns to the status it had. The one who wakes it (resume, cancel) restores the status at
+    /// once, as QEMU's job_enter runs the job before the verb returns.
     /// </summary>
     protected async ValueTask PausePointAsync()
     {
-        JobStatus prior;
         TaskCompletionSource wake;
         lock (Lock)
         {
-            if (_pauseCount == 0 || _forceCancel)
-                return;
-            prior = Status;
-            Transition(prior == JobStatus.Ready ? JobStatus.Standby : JobStatus.Paused);
-            _paused = true;
-            _busy = false;
-            wake = _wake = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            if (!_atPause)
+            {
+                if (_pauseCount == 0 || _forceCancel)
+                    return;
+                StopAtPausePoint();
+            }
+            wake = _wake!;
         }
 
         await wake.Task.ConfigureAwait(false);
-        lock (Lock)
-        {
-            _paused = false;
-            Transition(prior);
-        }
+    }
+
+    /// <summary>The job stands at a pause point from now on (lock held).</summary>
+    private void StopAtPausePoint()
+    {
+        _prior = Status;
+        Transition(_prior == JobStatus.Ready ? JobStatus.Standby : JobStatus.Paused);
+        _paused = true;
+        _busy = false;
+        _atPause = true;
+        var old = _wake;
+        _wake = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        old?.TrySetResult(); // a sleep in progress ends: its job goes on to this pause point
     }
 
     /// <summary>
@@ -252,9 +262,12 @@ public abstract class Job
             lock (Lock)
             {
                 _sleeping = false;
-                _busy = true;
-                if (ReferenceEquals(_wake, wake))
-                    _wake = null;
+                if (!_atPause)
+                {
+                    _busy = true;
+                    if (ReferenceEquals(_wake, wake))
+                        _wake = null;
+                }
             }
         }
 
@@ -267,6 +280,12 @@ public abstract class Job
         if (!_started || _deferredToMainLoop || _busy)
             return;
         _busy = true;
+        if (_atPause)
+        {
+            _atPause = false;
+            _paused = false;
+            Transition(_prior);
+        }
         var wake = _wake;
         _wake = null;
         wake?.TrySetResult();
@@ -376,9 +395,10 @@ public abstract class Job
                 throw new BlockException("Job is already paused");
             _userPaused = true;
             _pauseCount++;
-            // A job waiting (between chunks, or for a cancel) is woken so that it reaches its pause point now.
-            if (!_paused)
-                Enter();
+            // A sleeping job (between chunks, or waiting for a cancel) stops at its pause point now, as QEMU's
+            // job_pause enters it.
+            if (_sleeping && !_atPause)
+                StopAtPausePoint();
         }
     }
 
@@ -400,7 +420,39 @@ public abstract class Job
     public void Pause()
     {
         lock (Lock)
+        {
             _pauseCount++;
+            if (_sleeping && !_atPause)
+                StopAtPausePoint();
+        }
+    }
+
+    /// <summary>
+    /// bdrv_drained_begin as a job sees it: an internal pause, and the wait until the run stands at a pause point (or
+    /// has ended), so that the job's "paused" comes before whatever the drain is for.
+    /// </summary>
+    public async ValueTask DrainPauseAsync()
+    {
+        Pause();
+        while (true)
+        {
+            lock (Lock)
+            {
+                if (!_started || _atPause || _deferredToMainLoop || Run.IsCompleted)
+                    return;
+            }
+            await Task.Delay(1).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>Started, not yet finished and not waiting for the user: a drain pauses (and resumes) it visibly.</summary>
+    public bool IsActive
+    {
+        get
+        {
+            lock (Lock)
+                return _started && !_deferredToMainLoop && Status is JobStatus.Running or JobStatus.Ready or JobStatus.Paused or JobStatus.Standby;
+        }
     }
 
     public void Resume()
@@ -414,7 +466,7 @@ public abstract class Job
         if (_pauseCount <= 0)
             throw new InvalidOperationException($"job '{Id}' is not paused");
         _pauseCount--;
-        if (_pauseCount == 0 && !_sleeping)
+        if (_pauseCount == 0 && (!_sleeping || _atPause))
             Enter(); // a sleeping job wakes at the end of its sleep, as with QEMU's pending timer
     }
 
@@ -647,6 +699,27 @@ public abstract class Job
         Transition(JobStatus.Concluded);
         if (AutoDismiss || !_started)
             Dismissed();
+    }
+
+    /// <summary>job_early_fail: a job created but refused before it could start leaves at once ("null").</summary>
+    internal void EarlyFail()
+    {
+        lock (Lock)
+        {
+            Transaction?.Remove(this);
+            Transition(JobStatus.Null);
+            Registry.Remove(this);
+        }
+    }
+
+    /// <summary>
+    /// For a verb that ended the run (a cancel): when the run is over, the job completes now, in the caller's turn of
+    /// the main loop, as QEMU completes a cancelled job before the command returns.
+    /// </summary>
+    internal void ExitIfRunEnded()
+    {
+        if (Run.IsCompleted)
+            Exit();
     }
 
     private void Dismissed()

@@ -113,6 +113,17 @@ public sealed class JobRegistry
         }
     }
 
+    /// <summary>
+    /// After a cancel: waits for the job's run to end, completes it in the caller's turn of the main loop and closes
+    /// what it held, so that the verb's reply follows the job's last events as in QEMU.
+    /// </summary>
+    public async ValueTask SettleAsync(Job job)
+    {
+        await job.Run.ConfigureAwait(false);
+        job.ExitIfRunEnded();
+        await RunDeferredAsync().ConfigureAwait(false);
+    }
+
     internal void Remove(Job job)
     {
         lock (Lock)

@@ -14,9 +14,11 @@ internal static class TransactionCommands
     public static IReadOnlyList<(string Kind, QapiObject Data, Func<JsonElement, ITransactionAction> Create)> Actions { get; } =
     [
         ("abort", SnapshotTypes.Abort, _ => new AbortAction()),
+        ("blockdev-backup", BackupTypes.BlockdevBackup, BackupCommands.BlockdevBackupAction),
         ("blockdev-snapshot", SnapshotTypes.BlockdevSnapshot, SnapshotCommands.OverlayAction),
         ("blockdev-snapshot-internal-sync", SnapshotTypes.BlockdevSnapshotInternal, SnapshotCommands.InternalAction),
         ("blockdev-snapshot-sync", SnapshotTypes.BlockdevSnapshotSync, SnapshotCommands.SyncAction),
+        ("drive-backup", BackupTypes.DriveBackup, BackupCommands.DriveBackupAction),
     ];
 
     public static QapiObject Arguments { get; } = SnapshotTypes.TransactionArgs(Actions.Select(a => (a.Kind, a.Data)).ToArray());
@@ -34,7 +36,15 @@ internal static class TransactionCommands
         var properties = args.Member("properties") is { } p && p.Str("completion-mode") == "grouped"
             ? new Strata.Block.Transactions.TransactionProperties { CompletionMode = Strata.Block.Transactions.ActionCompletionMode.Grouped }
             : Strata.Block.Transactions.TransactionProperties.Default;
-        await BlockTransaction.RunAsync(c.Daemon.Graph, actions, properties, ct).ConfigureAwait(false);
+        try
+        {
+            await BlockTransaction.RunAsync(c.Daemon.Graph, actions, properties, c.Daemon.Jobs, ct).ConfigureAwait(false);
+        }
+        finally
+        {
+            // Jobs a failed transaction cancelled finish closing their nodes before the reply.
+            await BackupCommands.SettleAsync(c, actions).ConfigureAwait(false);
+        }
         return await Args.Empty.ConfigureAwait(false);
     }
 }
