@@ -376,7 +376,7 @@ public sealed class BlockGraph : IAsyncDisposable
                     backend.ReplaceRoot(node);
                     moved.Add(backend);
                 }
-                else if (e.Parent is CopyBeforeWriteNode other && e.Role == "file")
+                else if (e.Parent is CopyBeforeWriteNode other && !ReferenceEquals(other, node) && e.Role == "file")
                 {
                     // Another backup's filter: it now filters this one, so a guest write passes both (QEMU's chain).
                     other.ReplaceFile(node);

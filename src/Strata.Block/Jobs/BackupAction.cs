@@ -95,7 +95,8 @@ public sealed class BackupAction : ITransactionAction
     private static IEnumerable<Job> JobsAbove(JobRegistry registry, BlockNode node)
     {
         var filters = new HashSet<BlockNode>(ReferenceEqualityComparer.Instance);
-        var stack = new Stack<BlockNode>([node]);
+        var stack = new Stack<BlockNode>();
+        stack.Push(node);
         while (stack.Count > 0)
         {
             foreach (var e in stack.Pop().Parents)

@@ -73,7 +73,21 @@ public sealed class BackupJob : BlockJob
 
     public override string Type => "backup";
 
-    public override bool StopsAtOnce => _copy.InFlightBytes == 0;
+    /// <summary>
+    /// As qsd behaves: a cancel completes the job before its reply when no copy is in flight and the copy pass has
+    /// been paused since it began (a restarted block-copy call) or there is none (sync=none); a job still in its first
+    /// call (even one sleeping for its speed) finishes after the reply.
+    /// </summary>
+    public override bool StopsAtOnce => _copy.InFlightBytes == 0 && (_sync == MirrorSyncMode.None || _pausedInPass);
+
+    private volatile bool _passStarted;
+    private volatile bool _pausedInPass;
+
+    protected override void OnPausing()
+    {
+        if (_passStarted)
+            _pausedInPass = true;
+    }
 
     /// <summary>Nothing to copy (an empty bitmap): the run ends without I/O, before the command's reply in QEMU.</summary>
     public bool NothingToCopy => _sync != MirrorSyncMode.None && _copy.CopyBitmap.DirtyGranules == 0;
@@ -296,6 +310,7 @@ public sealed class BackupJob : BlockJob
         var running = new List<Task<(bool Ok, Exception? Error, bool IsRead)>>(MaxWorkers);
         (Exception Error, bool IsRead)? failure = null;
         long cursor = 0;
+        _passStarted = true;
         try
         {
             while (failure is null && !IsCancelled)
@@ -307,6 +322,13 @@ public sealed class BackupJob : BlockJob
                         delay = Limiter.CalculateDelayNs(0);
                     if (delay > 0)
                     {
+                        // The copies in flight land first: the job sleeps (and can be paused or cancelled at once) only
+                        // with no I/O outstanding, as QEMU's block-copy call does.
+                        if (running.Count > 0)
+                        {
+                            failure = Reap(running, await Task.WhenAny(running).ConfigureAwait(false));
+                            continue;
+                        }
                         await SleepAsync(TimeSpan.FromTicks(delay / 100)).ConfigureAwait(false);
                         continue;
                     }

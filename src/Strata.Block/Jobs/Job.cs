@@ -116,6 +116,11 @@ public abstract class Job
     {
     }
 
+    /// <summary>The run is about to stop at a pause point (lock held).</summary>
+    protected virtual void OnPausing()
+    {
+    }
+
     /// <summary>job-resume was accepted (block jobs reset their I/O status).</summary>
     protected virtual void OnUserResume()
     {
@@ -227,6 +232,7 @@ public abstract class Job
     /// <summary>The job stands at a pause point from now on (lock held).</summary>
     private void StopAtPausePoint()
     {
+        OnPausing();
         _prior = Status;
         Transition(_prior == JobStatus.Ready ? JobStatus.Standby : JobStatus.Paused);
         _paused = true;
