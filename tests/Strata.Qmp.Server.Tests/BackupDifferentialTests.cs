@@ -7,7 +7,9 @@ namespace Strata.Qmp.Server.Tests;
 /// <summary>
 /// Block jobs and backup, differential against qemu-storage-daemon: each scenario runs the same QMP lines on both
 /// daemons and compares the replies, errors and events (names, statuses, payloads, order); a <c>#wait</c> step collects
-/// the events of a job finishing in the background. Progress offsets are taken out where a job is stopped part way
+/// the events of a job finishing in the background (a job that a cancel, or an empty bitmap, ends at once completes
+/// before the command's reply, in both). Scenarios avoid racing a slow job's first chunk of I/O, whose timing decides
+/// even in qsd whether a pause or cancel acts before or after the reply. Progress offsets are taken out where a job is stopped part way
 /// (the two copy in different chunks). Afterwards every target image must check clean, and each daemon's targets
 /// (read through their backing chains) must hold the same bytes.
 /// </summary>
@@ -110,7 +112,6 @@ public sealed partial class BackupDifferentialTests
             Backup("\"job-id\":\"j\",\"device\":\"src\",\"target\":\"tn\",\"sync\":\"none\""),
             Cmd("block-job-complete", "\"device\":\"j\""),
             Cmd("block-job-cancel", "\"device\":\"j\""),
-            Null("j"),
             QueryJobs,
             Del("tn"),
         ], ["tn.qcow2"], AnyOffset: true),
@@ -130,7 +131,6 @@ public sealed partial class BackupDifferentialTests
             Backup("\"job-id\":\"j\",\"device\":\"src\",\"target\":\"t1\",\"sync\":\"full\",\"bitmap\":\"b0\",\"bitmap-mode\":\"always\""),
             Null("j"),
             Backup("\"job-id\":\"k\",\"device\":\"src\",\"target\":\"t2\",\"sync\":\"bitmap\",\"bitmap\":\"b0\",\"bitmap-mode\":\"on-success\""),
-            Null("k"),
             Del("t1"), Del("t2"),
         ], ["t1.qcow2", "t2.qcow2"]),
 
@@ -159,16 +159,13 @@ public sealed partial class BackupDifferentialTests
             Cmd("block-job-resume", "\"device\":\"a\""),
             QueryJobs,
             Cmd("block-job-cancel", "\"device\":\"a\""),
-            Null("a"),
             Backup("\"job-id\":\"b\",\"device\":\"src\",\"target\":\"t1\",\"sync\":\"full\",\"speed\":1"),
             .. Settle("s2"),
             Cmd("job-pause", "\"id\":\"b\""),
             Cmd("block-job-cancel", "\"device\":\"b\",\"force\":true"),
-            Null("b"),
             Backup("\"job-id\":\"c\",\"device\":\"src\",\"target\":\"t2\",\"sync\":\"full\",\"auto-finalize\":false"),
             Status("c", "pending"),
             Cmd("block-job-cancel", "\"device\":\"c\""),
-            Null("c"),
             QueryJobs,
             Del("t1"), Del("t2"),
         ], [], AnyOffset: true),
@@ -180,8 +177,6 @@ public sealed partial class BackupDifferentialTests
             Cmd("block-job-pause", "\"device\":\"slow\""),
             Cmd("block-job-resume", "\"device\":\"slow\""),
             Cmd("block-job-cancel", "\"device\":\"slow\""),
-            Null("fast"),
-            Wait("\"status\": \"null\", \"id\": \"slow\""),
             QueryJobs,
             // Individually, the same pair finishes one by one.
             E("""{"execute":"transaction","arguments":{"actions":[{"type":"blockdev-backup","data":{"job-id":"x","device":"src","target":"t1","sync":"full"}},{"type":"blockdev-backup","data":{"job-id":"x","device":"src","target":"t2","sync":"full"}}]}}"""),
@@ -205,7 +200,6 @@ public sealed partial class BackupDifferentialTests
             Drive("\"job-id\":\"n\",\"device\":\"src\",\"target\":\"$D/d-none.qcow2\",\"sync\":\"none\""),
             QueryJobs,
             Cmd("block-job-cancel", "\"device\":\"n\""),
-            Null("n"),
         ], ["d-full.qcow2", "d.raw", "d-top.qcow2", "t2.qcow2", "d-none.qcow2"], AnyOffset: true),
 
         ["drive-backup of a chain"] = new([
@@ -258,7 +252,6 @@ public sealed partial class BackupDifferentialTests
             Del("t1"),
             Del("cbw"),
             Cmd("job-cancel", "\"id\":\"j\""),
-            Null("j"),
             QueryJobs,
         ], [], AnyOffset: true),
     };
