@@ -317,14 +317,12 @@ public sealed class BackupJob : BlockJob
             {
                 if (Speed > 0)
                 {
-                    long delay;
-                    lock (JobLock)
-                        delay = Limiter.CalculateDelayNs(0);
+                    long delay = Pace(0);
                     if (delay > 0)
                     {
-                        // The copies in flight land first: the job sleeps (and can be paused or cancelled at once) only
-                        // with no I/O outstanding, as QEMU's block-copy call does.
-                        if (running.Count > 0)
+                        // Before a long sleep the copies in flight land first, so that the sleeping job can be paused or
+                        // cancelled at once, as QEMU's; short sleeps overlap the I/O so the speed holds.
+                        if (running.Count > 0 && delay > 10 * RateLimiter.DefaultSliceNs)
                         {
                             failure = Reap(running, await Task.WhenAny(running).ConfigureAwait(false));
                             continue;
@@ -358,10 +356,7 @@ public sealed class BackupJob : BlockJob
 
                 var (end, bytes, task) = next.Value;
                 if (Speed > 0)
-                {
-                    lock (JobLock)
-                        Limiter.CalculateDelayNs((ulong)bytes);
-                }
+                    Pace(bytes);
                 cursor = end;
                 running.Add(task);
                 if (running.Count >= MaxWorkers)
@@ -379,6 +374,27 @@ public sealed class BackupJob : BlockJob
             }
         }
         return failure;
+    }
+
+    private long _nextNs;
+
+    /// <summary>
+    /// The pace the speed sets, in 100 ms slices as QEMU's rate limit: <paramref name="bytes"/> started now push the
+    /// next start back by bytes / speed; returns how long to wait before the next start. A late wake-up is made up
+    /// for (at most one slice ahead), so sleeps that overrun do not lower the average below the speed.
+    /// </summary>
+    private long Pace(long bytes)
+    {
+        long now = (long)(System.Diagnostics.Stopwatch.GetTimestamp() * (1e9 / System.Diagnostics.Stopwatch.Frequency));
+        long speed = Speed;
+        if (speed <= 0)
+            return 0;
+        lock (JobLock)
+        {
+            if (bytes > 0)
+                _nextNs = Math.Max(_nextNs, now - RateLimiter.DefaultSliceNs) + (long)(bytes * 1e9 / speed);
+            return Math.Max(0, _nextNs - now);
+        }
     }
 
     private static (Exception, bool)? Reap(List<Task<(bool Ok, Exception? Error, bool IsRead)>> running, Task<(bool Ok, Exception? Error, bool IsRead)> done)

@@ -5,7 +5,12 @@ using Xunit;
 
 namespace Strata.Block.Tests.Jobs;
 
-/// <summary>A backup with a speed holds it: the progress measured over more than five seconds is within 10 % of it.</summary>
+/// <summary>Timing measurements: run alone, not beside the suite's busier tests.</summary>
+[CollectionDefinition("Timing", DisableParallelization = true)]
+public sealed class TimingCollection;
+
+/// <summary>A backup with a speed holds it: measured over five and a half seconds, within 10 % of it.</summary>
+[Collection("Timing")]
 public sealed class BackupThrottleTests
 {
     [Fact]
@@ -29,12 +34,22 @@ public sealed class BackupThrottleTests
         registry.Start(job);
 
         await Task.Delay(500); // the first slice may run ahead
+        // Five windows of 1.1 s: the median holds the speed within 10 %, the whole 5.5 s within 15 % (a loaded
+        // machine may stall the process once).
         var clock = Stopwatch.StartNew();
         long start = job.CurrentProgress;
-        await Task.Delay(5500);
-        long copied = job.CurrentProgress - start;
-        double rate = copied / clock.Elapsed.TotalSeconds;
-        Assert.InRange(rate, speed * 0.9, speed * 1.1);
+        var rates = new List<double>();
+        for (int w = 0; w < 5; w++)
+        {
+            long before = job.CurrentProgress;
+            var t0 = clock.Elapsed;
+            await Task.Delay(1100);
+            rates.Add((job.CurrentProgress - before) / (clock.Elapsed - t0).TotalSeconds);
+        }
+        rates.Sort();
+        Assert.InRange(rates[2], speed * 0.9, speed * 1.1);
+        double rate = (job.CurrentProgress - start) / clock.Elapsed.TotalSeconds;
+        Assert.InRange(rate, speed * 0.85, speed * 1.15);
 
         // A new speed takes effect: twice as fast now (what is left of the disk lasts for this).
         job.SetSpeed(2 * speed);
