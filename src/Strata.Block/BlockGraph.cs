@@ -351,6 +351,128 @@ public sealed class BlockGraph : IAsyncDisposable
         }
     }
 
+    // ---- for backup jobs ------------------------------------------------------------------------------
+
+    /// <summary>
+    /// bdrv_cbw_append: opens a copy-before-write filter over <paramref name="source"/> (file child) writing to
+    /// <paramref name="target"/> (target child), named <paramref name="filterName"/> or automatically, and moves every
+    /// backend of the source (exports, jobs) onto it, as QEMU's bdrv_append. Call drained. Nothing changes on failure.
+    /// </summary>
+    internal CopyBeforeWriteNode InsertCopyBeforeWrite(BlockNode source, BlockNode target, string? filterName, Jobs.BlockCopy copy)
+    {
+        if (filterName != null)
+        {
+            // bdrv_insert_node's words around bdrv_open's.
+            try
+            {
+                CheckNodeName(filterName);
+            }
+            catch (BlockException e)
+            {
+                throw new BlockException("Could not create node: " + e.Message);
+            }
+            if (Find(filterName) != null)
+                throw new BlockException($"Could not create node: Duplicate nodes with node-name='{filterName}'");
+        }
+        var node = new CopyBeforeWriteNode(filterName ?? NextAutoName(), filterName == null, source, copy) { Appending = true };
+        var moved = new List<BlockBackend>();
+        var movedFilters = new List<CopyBeforeWriteNode>();
+        var edges = new List<BlockEdge>();
+        try
+        {
+            edges.Add(node.AttachChild(source, "file", ChildRole.Filtered));
+            edges.Add(node.AttachChild(target, "target", ChildRole.Data));
+            foreach (var e in source.Parents.ToArray())
+            {
+                if (e.Parent is BlockBackend backend)
+                {
+                    backend.ReplaceRoot(node);
+                    moved.Add(backend);
+                }
+                else if (e.Parent is CopyBeforeWriteNode other && !ReferenceEquals(other, node) && e.Role == "file")
+                {
+                    // Another backup's filter: it now filters this one, so a guest write passes both (QEMU's chain).
+                    other.ReplaceFile(node);
+                    movedFilters.Add(other);
+                }
+            }
+            node.Appending = false;
+            node.RefreshPermissions();
+            foreach (var f in movedFilters)
+            {
+                f.Appending = false;
+                f.RefreshPermissions();
+            }
+        }
+        catch
+        {
+            node.Appending = true;
+            try
+            {
+                node.RefreshPermissions();
+            }
+            catch (BlockException)
+            {
+            }
+            for (int i = moved.Count - 1; i >= 0; i--)
+                moved[i].ReplaceRoot(source);
+            foreach (var f in movedFilters)
+                f.ReplaceFile(source);
+            foreach (var e in edges)
+                e.Release();
+            throw;
+        }
+        node.NamingOrder = ++_namingCounter;
+        _nodes.Add(node);
+        _batchOf[node] = ++_batch;
+        _unowned.Add(node);
+        return node;
+    }
+
+    /// <summary>bdrv_cbw_drop: the filter's users go back to its source, and the filter leaves the graph. Call drained.</summary>
+    internal void RemoveCopyBeforeWrite(CopyBeforeWriteNode node)
+    {
+        if (!_nodes.Contains(node))
+            return;
+        var source = node.FileChild!;
+        node.Appending = true;
+        try
+        {
+            node.RefreshPermissions();
+        }
+        catch (BlockException)
+        {
+            // Only sharing more: cannot conflict.
+        }
+        var filters = new List<CopyBeforeWriteNode>();
+        foreach (var e in node.Parents.ToArray())
+        {
+            if (e.Parent is BlockBackend backend)
+                backend.ReplaceRoot(source);
+            else if (e.Parent is CopyBeforeWriteNode other && e.Role == "file")
+            {
+                other.ReplaceFile(source);
+                filters.Add(other);
+            }
+        }
+        foreach (var e in node.Children.ToArray())
+            e.Release();
+        foreach (var f in filters)
+        {
+            f.Appending = false;
+            try
+            {
+                f.RefreshPermissions();
+            }
+            catch (BlockException)
+            {
+            }
+        }
+        _nodes.Remove(node);
+        _batchOf.Remove(node);
+        _unowned.Remove(node);
+    }
+
     private string NextAutoName() => $"#block{_autoNameCounter++:D3}";
 
     /// <summary>QEMU's rule: a well-formed id of at most 31 characters.</summary>
@@ -364,6 +486,7 @@ public sealed class BlockGraph : IAsyncDisposable
     public async ValueTask DeleteAsync(string nodeName)
     {
         var node = Find(nodeName) ?? throw new BlockException($"Failed to find node with node-name='{nodeName}'", BlockErrorKind.Generic);
+        node.CheckNotBlocked();
         foreach (var p in node.Parents)
             if (p.Parent is not BlockNode)
                 throw new BlockException($"Node {nodeName} is in use");

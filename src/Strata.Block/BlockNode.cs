@@ -73,6 +73,16 @@ public abstract class BlockNode : IImage, IBlockParent
             throw new BlockException($"Node '{NodeName}' is busy: node is used as backing hd of '{user.NodeName}'");
     }
 
+    /// <summary>The job that uses this node (QEMU's op blocker of block_job_add_bdrv): "backup", or null.</summary>
+    public string? JobBlocker { get; internal set; }
+
+    /// <summary>Graph operations and other jobs refuse a node a job uses, with QEMU's message.</summary>
+    internal void CheckNotBlocked()
+    {
+        if (JobBlocker is { } job)
+            throw new BlockException($"Node '{NodeName}' is busy: block device is in use by block job: {job}");
+    }
+
     private BlockNode? ChildFor(string role)
     {
         foreach (var e in _children)

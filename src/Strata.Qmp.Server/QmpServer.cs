@@ -61,6 +61,11 @@ public sealed class QmpServer : IAsyncDisposable
     public static IReadOnlyList<(string Name, QapiObject Data)> Events { get; } =
     [
         (QmpEventNames.BlockExportDeleted, QmpTypes.BlockExportDeletedData),
+        ("BLOCK_JOB_CANCELLED", BackupTypes.BlockJobCancelledData),
+        ("BLOCK_JOB_COMPLETED", BackupTypes.BlockJobCompletedData),
+        ("BLOCK_JOB_ERROR", BackupTypes.BlockJobErrorData),
+        ("BLOCK_JOB_PENDING", BackupTypes.BlockJobPendingData),
+        ("BLOCK_JOB_READY", BackupTypes.BlockJobReadyData),
         (QmpEventNames.JobStatusChange, JobTypes.JobStatusChangeData),
     ];
 

@@ -62,8 +62,36 @@ public sealed class StorageDaemon : IAsyncDisposable
 
     private void OnJobEvent(JobEvent e)
     {
-        if (e is JobStatusChanged c)
-            Raise("JOB_STATUS_CHANGE", ("id", c.Job.Id), ("status", JobTransitions.Name(c.Status)));
+        switch (e)
+        {
+            case JobStatusChanged c:
+                Raise("JOB_STATUS_CHANGE", ("id", c.Job.Id), ("status", JobTransitions.Name(c.Status)));
+                break;
+            // The BLOCK_JOB_* events of blockjob.c: "device" is the job's id.
+            case JobFinished { Job: BlockJob b } f when f.Cancelled:
+                Raise("BLOCK_JOB_CANCELLED", ("type", b.Type), ("device", b.Id), ("len", b.TotalProgress), ("offset", b.CurrentProgress),
+                    ("speed", b.Speed));
+                break;
+            case JobFinished { Job: BlockJob b }:
+                if (b.Error is { } error)
+                    Raise("BLOCK_JOB_COMPLETED", ("type", b.Type), ("device", b.Id), ("len", b.TotalProgress), ("offset", b.CurrentProgress),
+                        ("speed", b.Speed), ("error", error));
+                else
+                    Raise("BLOCK_JOB_COMPLETED", ("type", b.Type), ("device", b.Id), ("len", b.TotalProgress), ("offset", b.CurrentProgress),
+                        ("speed", b.Speed));
+                break;
+            case JobPendingFinalize { Job: BlockJob b }:
+                Raise("BLOCK_JOB_PENDING", ("type", b.Type), ("id", b.Id));
+                break;
+            case JobReady { Job: BlockJob b }:
+                Raise("BLOCK_JOB_READY", ("type", b.Type), ("device", b.Id), ("len", b.TotalProgress), ("offset", b.CurrentProgress),
+                    ("speed", b.Speed));
+                break;
+            case BlockJobError x:
+                Raise("BLOCK_JOB_ERROR", ("device", x.Job.Id), ("operation", x.IsRead ? "read" : "write"),
+                    ("action", x.Action switch { BlockErrorAction.Ignore => "ignore", BlockErrorAction.Stop => "stop", _ => "report" }));
+                break;
+        }
     }
 
     /// <summary>Raised for QMP events (BLOCK_EXPORT_DELETED, ...).</summary>

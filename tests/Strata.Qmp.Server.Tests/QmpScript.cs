@@ -35,12 +35,16 @@ public sealed record Transcript(string Greeting, IReadOnlyList<IReadOnlyList<str
 public static partial class QmpScript
 {
     /// <param name="collect">Files of the scenario's directory to read once the steps are done (null when absent).</param>
-    public static async Task<Transcript> RunAsync(DaemonCommand command, IReadOnlyList<Step> steps, IReadOnlyList<string>? collect = null)
+    /// <param name="prepare">Makes more files in the scenario's directory before the first step.</param>
+    /// <param name="finish">Looks at the scenario's directory after the last step, the daemon still running.</param>
+    public static async Task<Transcript> RunAsync(DaemonCommand command, IReadOnlyList<Step> steps, IReadOnlyList<string>? collect = null,
+        Action<string>? prepare = null, Action<string>? finish = null)
     {
         await using var daemon = await QmpDaemon.StartAsync(command);
         Tools.QemuImg("create", "-q", "-f", "qcow2", daemon.PathOf("a.qcow2"), "64M");
         Tools.QemuImg("create", "-q", "-f", "qcow2", "-b", daemon.PathOf("a.qcow2"), "-F", "qcow2", daemon.PathOf("b.qcow2"));
         Tools.QemuImg("create", "-q", "-f", "raw", daemon.PathOf("r.raw"), "1M");
+        prepare?.Invoke(daemon.Directory);
 
         using var socket = await ConnectAsync(daemon);
         using var stream = new NetworkStream(socket);
@@ -91,6 +95,7 @@ public static partial class QmpScript
             answers.Add(messages);
         }
 
+        finish?.Invoke(daemon.Directory);
         var files = new Dictionary<string, byte[]?>();
         foreach (var name in collect ?? [])
         {

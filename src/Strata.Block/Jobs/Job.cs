@@ -20,6 +20,8 @@ public abstract class Job
     private bool _forceCancel;
     private bool _deferredToMainLoop;
     private bool _sleeping;
+    private bool _atPause;
+    private JobStatus _prior;
     private bool _exited;
     private bool _failed;
     private TaskCompletionSource? _wake;
@@ -114,6 +116,44 @@ public abstract class Job
     {
     }
 
+    /// <summary>The run is about to stop at a pause point (lock held).</summary>
+    protected virtual void OnPausing()
+    {
+    }
+
+    /// <summary>job-resume was accepted (block jobs reset their I/O status).</summary>
+    protected virtual void OnUserResume()
+    {
+    }
+
+    /// <summary>The lock that guards the job's state (the registry's).</summary>
+    protected object JobLock => Lock;
+
+    /// <summary>Sends an event to the registry's listeners (call with <see cref="JobLock"/> held).</summary>
+    protected void Publish(JobEvent e) => Registry.Events.Publish(e);
+
+    /// <summary>
+    /// Work a completion step needs that must wait (closing a node): it runs on the main loop, in the turn that
+    /// completed the job, before the turn ends (see <see cref="JobRegistry.RunDeferredAsync"/>).
+    /// </summary>
+    protected void Defer(Func<ValueTask> work) => Registry.Defer(work);
+
+    /// <summary>
+    /// An error with policy "stop" (block_job_error_action): the job pauses as if the user had paused it, so that
+    /// job-resume continues it.
+    /// </summary>
+    protected void PauseAsUser()
+    {
+        lock (Lock)
+        {
+            if (!_userPaused)
+            {
+                _pauseCount++;
+                _userPaused = true;
+            }
+        }
+    }
+
     /// <summary>
     /// A cancel was asked; returns whether it is a forced cancel. Jobs without a soft cancel (all but mirror) always
     /// force it.
@@ -169,29 +209,38 @@ public abstract class Job
 
     /// <summary>
     /// Where the job stops while paused (job_pause_point): it shows "paused" (or "standby" when ready) until resumed
-    /// or cancelled, then returns to the status it had.
+    /// or cancelled, then returns to the status it had. The one who wakes it (resume, cancel) restores the status at
+    /// once, as QEMU's job_enter runs the job before the verb returns.
     /// </summary>
     protected async ValueTask PausePointAsync()
     {
-        JobStatus prior;
         TaskCompletionSource wake;
         lock (Lock)
         {
-            if (_pauseCount == 0 || _forceCancel)
-                return;
-            prior = Status;
-            Transition(prior == JobStatus.Ready ? JobStatus.Standby : JobStatus.Paused);
-            _paused = true;
-            _busy = false;
-            wake = _wake = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            if (!_atPause)
+            {
+                if (_pauseCount == 0 || _forceCancel)
+                    return;
+                StopAtPausePoint();
+            }
+            wake = _wake!;
         }
 
         await wake.Task.ConfigureAwait(false);
-        lock (Lock)
-        {
-            _paused = false;
-            Transition(prior);
-        }
+    }
+
+    /// <summary>The job stands at a pause point from now on (lock held).</summary>
+    private void StopAtPausePoint()
+    {
+        OnPausing();
+        _prior = Status;
+        Transition(_prior == JobStatus.Ready ? JobStatus.Standby : JobStatus.Paused);
+        _paused = true;
+        _busy = false;
+        _atPause = true;
+        var old = _wake;
+        _wake = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        old?.TrySetResult(); // a sleep in progress ends: its job goes on to this pause point
     }
 
     /// <summary>
@@ -219,9 +268,12 @@ public abstract class Job
             lock (Lock)
             {
                 _sleeping = false;
-                _busy = true;
-                if (ReferenceEquals(_wake, wake))
-                    _wake = null;
+                if (!_atPause)
+                {
+                    _busy = true;
+                    if (ReferenceEquals(_wake, wake))
+                        _wake = null;
+                }
             }
         }
 
@@ -234,6 +286,12 @@ public abstract class Job
         if (!_started || _deferredToMainLoop || _busy)
             return;
         _busy = true;
+        if (_atPause)
+        {
+            _atPause = false;
+            _paused = false;
+            Transition(_prior);
+        }
         var wake = _wake;
         _wake = null;
         wake?.TrySetResult();
@@ -300,7 +358,10 @@ public abstract class Job
     {
         await Run.ConfigureAwait(false);
         using (await Registry.MainLoop.EnterAsync().ConfigureAwait(false))
+        {
             Exit();
+            await Registry.RunDeferredAsync().ConfigureAwait(false);
+        }
     }
 
     /// <summary>job_exit: the run is over; complete the job (unless a transaction's abort already did).</summary>
@@ -340,6 +401,10 @@ public abstract class Job
                 throw new BlockException("Job is already paused");
             _userPaused = true;
             _pauseCount++;
+            // A sleeping job (between chunks, or waiting for a cancel) stops at its pause point now, as QEMU's
+            // job_pause enters it.
+            if (_sleeping && !_atPause)
+                StopAtPausePoint();
         }
     }
 
@@ -352,6 +417,7 @@ public abstract class Job
                 throw new BlockException("Can't resume a job that was not paused");
             CheckVerb(JobVerb.Resume);
             _userPaused = false;
+            OnUserResume();
             ResumeCore();
         }
     }
@@ -360,7 +426,39 @@ public abstract class Job
     public void Pause()
     {
         lock (Lock)
+        {
             _pauseCount++;
+            if (_sleeping && !_atPause)
+                StopAtPausePoint();
+        }
+    }
+
+    /// <summary>
+    /// bdrv_drained_begin as a job sees it: an internal pause, and the wait until the run stands at a pause point (or
+    /// has ended), so that the job's "paused" comes before whatever the drain is for.
+    /// </summary>
+    public async ValueTask DrainPauseAsync()
+    {
+        Pause();
+        while (true)
+        {
+            lock (Lock)
+            {
+                if (!_started || _atPause || _deferredToMainLoop || Run.IsCompleted)
+                    return;
+            }
+            await Task.Delay(1).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>Started, not yet finished and not waiting for the user: a drain pauses (and resumes) it visibly.</summary>
+    public bool IsActive
+    {
+        get
+        {
+            lock (Lock)
+                return _started && !_deferredToMainLoop && Status is JobStatus.Running or JobStatus.Ready or JobStatus.Paused or JobStatus.Standby;
+        }
     }
 
     public void Resume()
@@ -374,7 +472,7 @@ public abstract class Job
         if (_pauseCount <= 0)
             throw new InvalidOperationException($"job '{Id}' is not paused");
         _pauseCount--;
-        if (_pauseCount == 0 && !_sleeping)
+        if (_pauseCount == 0 && (!_sleeping || _atPause))
             Enter(); // a sleeping job wakes at the end of its sleep, as with QEMU's pending timer
     }
 
@@ -607,6 +705,27 @@ public abstract class Job
         Transition(JobStatus.Concluded);
         if (AutoDismiss || !_started)
             Dismissed();
+    }
+
+    /// <summary>job_early_fail: a job created but refused before it could start leaves at once ("null").</summary>
+    internal void EarlyFail()
+    {
+        lock (Lock)
+        {
+            Transaction?.Remove(this);
+            Transition(JobStatus.Null);
+            Registry.Remove(this);
+        }
+    }
+
+    /// <summary>
+    /// For a verb that ended the run (a cancel): when the run is over, the job completes now, in the caller's turn of
+    /// the main loop, as QEMU completes a cancelled job before the command returns.
+    /// </summary>
+    internal void ExitIfRunEnded()
+    {
+        if (Run.IsCompleted)
+            Exit();
     }
 
     private void Dismissed()

@@ -83,6 +83,47 @@ public sealed class JobRegistry
             return [.. _jobs.Where(j => !j.IsInternal).Select(j => new JobSnapshot(j.Id!, j.Type, j.Status, j.CurrentProgress, j.TotalProgress, j.Error))];
     }
 
+    private readonly List<Func<ValueTask>> _deferred = [];
+
+    internal void Defer(Func<ValueTask> work)
+    {
+        lock (Lock)
+            _deferred.Add(work);
+    }
+
+    /// <summary>
+    /// Runs the waiting parts of job completions (closing nodes a finished job held). Whoever holds the main loop
+    /// after a job verb or a transaction calls it, so that the graph is settled before the turn ends, as in QEMU where
+    /// completion is synchronous.
+    /// </summary>
+    public async ValueTask RunDeferredAsync()
+    {
+        while (true)
+        {
+            Func<ValueTask>[] work;
+            lock (Lock)
+            {
+                if (_deferred.Count == 0)
+                    return;
+                work = [.. _deferred];
+                _deferred.Clear();
+            }
+            foreach (var w in work)
+                await w().ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>
+    /// After a cancel: waits for the job's run to end, completes it in the caller's turn of the main loop and closes
+    /// what it held, so that the verb's reply follows the job's last events as in QEMU.
+    /// </summary>
+    public async ValueTask SettleAsync(Job job)
+    {
+        await job.Run.ConfigureAwait(false);
+        job.ExitIfRunEnded();
+        await RunDeferredAsync().ConfigureAwait(false);
+    }
+
     internal void Remove(Job job)
     {
         lock (Lock)

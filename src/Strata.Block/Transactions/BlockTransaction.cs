@@ -11,15 +11,28 @@ public sealed class BlockTransaction
 {
     private readonly List<Record> _log = [];
 
-    private BlockTransaction(BlockGraph graph, TransactionProperties properties)
+    private BlockTransaction(BlockGraph graph, TransactionProperties properties, Jobs.JobRegistry? jobs)
     {
         Graph = graph;
         Properties = properties;
+        Jobs = jobs;
     }
+
+    /// <summary>Where actions that start jobs (backups) register them; null where no job may start.</summary>
+    public Jobs.JobRegistry? Jobs { get; }
 
     public BlockGraph Graph { get; }
 
     public TransactionProperties Properties { get; }
+
+    private Jobs.JobTransaction? _jobGroup;
+
+    /// <summary>
+    /// The job transaction the actions' jobs join: one for all of them with completion-mode grouped (QEMU's
+    /// block_job_txn), none (each job on its own) otherwise.
+    /// </summary>
+    public Jobs.JobTransaction? JobGroup =>
+        Properties.CompletionMode == ActionCompletionMode.Grouped ? _jobGroup ??= new Jobs.JobTransaction() : null;
 
     private sealed record Record(Action? Commit, Func<ValueTask>? Abort, Func<ValueTask>? Clean);
 
@@ -32,11 +45,60 @@ public sealed class BlockTransaction
 
     /// <summary>Runs <paramref name="actions"/> all or nothing; throws the first prepare's error after rolling back.</summary>
     public static async ValueTask RunAsync(BlockGraph graph, IReadOnlyList<ITransactionAction> actions,
-        TransactionProperties? properties = null, CancellationToken ct = default)
+        TransactionProperties? properties = null, Jobs.JobRegistry? jobs = null, CancellationToken ct = default)
     {
-        var tx = new BlockTransaction(graph, properties ?? TransactionProperties.Default);
+        var tx = new BlockTransaction(graph, properties ?? TransactionProperties.Default, jobs);
         await using var drained = (await graph.DrainAllAsync(ct).ConfigureAwait(false)).ConfigureAwait(false);
-        await tx.PrepareAllAsync(actions, ct).ConfigureAwait(false);
+        if (jobs is not null)
+        {
+            // qmp_transaction's bdrv_drain_all: every running job stops at a pause point once, then goes on.
+            var active = jobs.Jobs.Where(j => !j.IsInternal && j.IsActive).ToList();
+            foreach (var j in active)
+                await j.DrainPauseAsync().ConfigureAwait(false);
+            foreach (var j in active)
+                j.Resume();
+        }
+        try
+        {
+            await tx.PrepareAllAsync(actions, ct).ConfigureAwait(false);
+        }
+        finally
+        {
+            tx.ResumeDrainedJobs();
+        }
+    }
+
+    private readonly List<Jobs.Job> _drainedJobs = [];
+
+    /// <summary>
+    /// An action drains a node (bdrv_drained_begin): the jobs working on it (<paramref name="jobs"/>) pause until the
+    /// transaction ends.
+    /// </summary>
+    public async ValueTask DrainJobsAsync(IEnumerable<Jobs.Job> jobs)
+    {
+        foreach (var j in jobs)
+        {
+            if (_drainedJobs.Contains(j) || !j.IsActive)
+                continue;
+            await j.DrainPauseAsync().ConfigureAwait(false);
+            _drainedJobs.Add(j);
+        }
+    }
+
+    /// <summary>A job created by an action on a drained node: it starts paused and runs once the transaction ends.</summary>
+    public void AddDrainedJob(Jobs.Job job)
+    {
+        job.Pause();
+        _drainedJobs.Add(job);
+    }
+
+    /// <summary>bdrv_drained_end: the jobs nearest the drained nodes (the latest) go on first.</summary>
+    private void ResumeDrainedJobs()
+    {
+        for (int i = _drainedJobs.Count - 1; i >= 0; i--)
+            if (_drainedJobs[i].Status != global::Strata.Block.Jobs.JobStatus.Null)
+                _drainedJobs[i].Resume();
+        _drainedJobs.Clear();
     }
 
     private async ValueTask PrepareAllAsync(IReadOnlyList<ITransactionAction> actions, CancellationToken ct)

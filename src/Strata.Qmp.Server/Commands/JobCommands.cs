@@ -37,10 +37,12 @@ internal static class JobCommands
         _ => throw new InvalidOperationException($"unknown job type {type}"),
     };
 
-    private static ValueTask<JsonElement> Verb(QmpCommandContext c, JsonElement args, Action<Job> verb)
+    private static async ValueTask<JsonElement> Verb(QmpCommandContext c, JsonElement args, Action<Job> verb)
     {
         verb(c.Daemon.Jobs.Get(args.ReqStr("id")));
-        return Args.Empty;
+        // A verb that completed a job (cancel, finalize, dismiss) lets it close its nodes before the reply.
+        await c.Daemon.Jobs.RunDeferredAsync().ConfigureAwait(false);
+        return await Args.Empty.ConfigureAwait(false);
     }
 
     public static ValueTask<JsonElement> JobPauseAsync(QmpCommandContext c, JsonElement args, CancellationToken ct) =>
@@ -50,8 +52,17 @@ internal static class JobCommands
         Verb(c, args, j => j.UserResume());
 
     /// <summary>job-cancel always forces (a mirror stops without pivoting).</summary>
-    public static ValueTask<JsonElement> JobCancelAsync(QmpCommandContext c, JsonElement args, CancellationToken ct) =>
-        Verb(c, args, j => j.UserCancel(force: true));
+    public static async ValueTask<JsonElement> JobCancelAsync(QmpCommandContext c, JsonElement args, CancellationToken ct)
+    {
+        var job = c.Daemon.Jobs.Get(args.ReqStr("id"));
+        bool atOnce = job is BlockJob { StopsAtOnce: true };
+        job.UserCancel(force: true);
+        // A block job with no I/O in flight stops at once and completes before the reply, as in QEMU.
+        if (atOnce)
+            await c.Daemon.Jobs.SettleAsync(job).ConfigureAwait(false);
+        await c.Daemon.Jobs.RunDeferredAsync().ConfigureAwait(false);
+        return await Args.Empty.ConfigureAwait(false);
+    }
 
     public static ValueTask<JsonElement> JobCompleteAsync(QmpCommandContext c, JsonElement args, CancellationToken ct) =>
         Verb(c, args, j => j.UserComplete());

@@ -64,6 +64,18 @@ public static class StandardCommands
         t.Add(new("job-complete", JobTypes.JobIdArgs("job-complete"), empty, JobCommands.JobCompleteAsync));
         t.Add(new("job-dismiss", JobTypes.JobIdArgs("job-dismiss"), empty, JobCommands.JobDismissAsync));
         t.Add(new("job-finalize", JobTypes.JobIdArgs("job-finalize"), empty, JobCommands.JobFinalizeAsync));
+
+        // block jobs and backup
+        t.Add(new("query-block-jobs", empty, new QapiArray(BackupTypes.BlockJobInfo), BackupCommands.QueryBlockJobsAsync));
+        t.Add(new("block-job-set-speed", BackupTypes.SetSpeedArgs, empty, BackupCommands.SetSpeedAsync));
+        t.Add(new("block-job-cancel", BackupTypes.CancelArgs, empty, BackupCommands.CancelAsync));
+        t.Add(new("block-job-pause", BackupTypes.DeviceArgs("block-job-pause"), empty, BackupCommands.PauseAsync));
+        t.Add(new("block-job-resume", BackupTypes.DeviceArgs("block-job-resume"), empty, BackupCommands.ResumeAsync));
+        t.Add(new("block-job-complete", BackupTypes.DeviceArgs("block-job-complete"), empty, BackupCommands.CompleteAsync));
+        t.Add(new("block-job-finalize", BackupTypes.IdArgs("block-job-finalize"), empty, BackupCommands.FinalizeAsync));
+        t.Add(new("block-job-dismiss", BackupTypes.IdArgs("block-job-dismiss"), empty, BackupCommands.DismissAsync));
+        t.Add(new("blockdev-backup", BackupTypes.BlockdevBackup, empty, BackupCommands.BlockdevBackupAsync));
+        t.Add(new("drive-backup", BackupTypes.DriveBackup, empty, BackupCommands.DriveBackupAsync));
         return t;
     }
 }

@@ -6,7 +6,7 @@ namespace Strata.Qmp.Server.Commands;
 
 /// <summary>
 /// transaction: the actions strata-daemon knows, each a kind, its QAPI data type and a factory of its Strata.Block
-/// action. Another action (the dirty-bitmap and backup actions) plugs in with one
+/// action. Another action plugs in with one
 /// entry here, in the place QEMU's TransactionActionKind gives it.
 /// </summary>
 internal static class TransactionCommands
@@ -20,9 +20,11 @@ internal static class TransactionCommands
         ("block-dirty-bitmap-enable", BitmapTypes.BlockDirtyBitmap, BitmapCommands.EnableAction),
         ("block-dirty-bitmap-disable", BitmapTypes.BlockDirtyBitmap, BitmapCommands.DisableAction),
         ("block-dirty-bitmap-merge", BitmapTypes.BlockDirtyBitmapMerge, BitmapCommands.MergeAction),
+        ("blockdev-backup", BackupTypes.BlockdevBackup, BackupCommands.BlockdevBackupAction),
         ("blockdev-snapshot", SnapshotTypes.BlockdevSnapshot, SnapshotCommands.OverlayAction),
         ("blockdev-snapshot-internal-sync", SnapshotTypes.BlockdevSnapshotInternal, SnapshotCommands.InternalAction),
         ("blockdev-snapshot-sync", SnapshotTypes.BlockdevSnapshotSync, SnapshotCommands.SyncAction),
+        ("drive-backup", BackupTypes.DriveBackup, BackupCommands.DriveBackupAction),
     ];
 
     public static QapiObject Arguments { get; } = SnapshotTypes.TransactionArgs(Actions.Select(a => (a.Kind, a.Data)).ToArray());
@@ -40,7 +42,15 @@ internal static class TransactionCommands
         var properties = args.Member("properties") is { } p && p.Str("completion-mode") == "grouped"
             ? new Strata.Block.Transactions.TransactionProperties { CompletionMode = Strata.Block.Transactions.ActionCompletionMode.Grouped }
             : Strata.Block.Transactions.TransactionProperties.Default;
-        await BlockTransaction.RunAsync(c.Daemon.Graph, actions, properties, ct).ConfigureAwait(false);
+        try
+        {
+            await BlockTransaction.RunAsync(c.Daemon.Graph, actions, properties, c.Daemon.Jobs, ct).ConfigureAwait(false);
+        }
+        finally
+        {
+            // Jobs a failed transaction cancelled finish closing their nodes before the reply.
+            await BackupCommands.SettleAsync(c, actions).ConfigureAwait(false);
+        }
         return await Args.Empty.ConfigureAwait(false);
     }
 }
