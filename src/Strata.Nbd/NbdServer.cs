@@ -197,7 +197,16 @@ public sealed class NbdServer : IAsyncDisposable
     {
         await Task.Yield();
         if (Options.AcceptAfter is { } gate)
-            await gate.WaitAsync(ct).ConfigureAwait(false);
+        {
+            try
+            {
+                await gate.WaitAsync(ct).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException)
+            {
+                return; // stopped before serving anyone (a daemon whose command line failed)
+            }
+        }
         while (!ct.IsCancellationRequested)
         {
             bool slotTaken = false;
