@@ -1,5 +1,4 @@
 using System.Runtime.InteropServices;
-using System.Text.Json.Nodes;
 using Microsoft.Extensions.Logging;
 using Strata.Block;
 using Strata.Daemon.Cli;

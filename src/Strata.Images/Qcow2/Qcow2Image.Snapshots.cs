@@ -669,28 +669,25 @@ public sealed partial class Qcow2Image
         var l2 = new List<CachedTable>();
         _rc.Blocks.CollectDirty(refcounts);
         _l2Cache.CollectDirty(l2);
-        var writes = new List<(ReadOnlyMemory<byte> Data, long Offset)>();
-        var events = new List<DebugEvent?>(); // what QEMU's cache flush reports to a blkdebug file per write
+        // Each write with what QEMU's cache flush reports to a blkdebug file for it.
+        var writes = new List<(ReadOnlyMemory<byte> Data, long Offset, DebugEvent? Event)>();
         if (refcountsFirst)
             AddTables(refcounts, _rc.Blocks.UpdateEvent);
         AddTables(l2, _l2Cache.UpdateEvent);
-        foreach (var run in DirtyL1Runs())
-        {
-            writes.Add(run);
-            events.Add(null);
-        }
+        foreach (var (data, offset) in DirtyL1Runs())
+            writes.Add((data, offset, null));
         if (!refcountsFirst)
             AddTables(refcounts, _rc.Blocks.UpdateEvent);
 
         if (_file is FileStorage fs)
-            await fs.WriteManyAsync(writes, ct).ConfigureAwait(false);
+            await fs.WriteManyAsync(writes.ConvertAll(w => (w.Data, w.Offset)), ct).ConfigureAwait(false);
         else
         {
-            for (int i = 0; i < writes.Count; i++)
+            foreach (var (data, offset, e) in writes)
             {
-                if (events[i] is { } e)
-                    _file.Event(e);
-                await _file.WriteAsync(writes[i].Data, writes[i].Offset, ct).ConfigureAwait(false);
+                if (e is { } ev)
+                    _file.Event(ev);
+                await _file.WriteAsync(data, offset, ct).ConfigureAwait(false);
             }
         }
         foreach (var t in refcounts)
@@ -704,10 +701,7 @@ public sealed partial class Qcow2Image
         {
             tables.Sort((x, y) => x.Offset.CompareTo(y.Offset));
             foreach (var t in tables)
-            {
-                writes.Add((t.Data, t.Offset));
-                events.Add(update);
-            }
+                writes.Add((t.Data, t.Offset, update));
         }
     }
 
