@@ -258,6 +258,8 @@ public sealed class BackupJob : BlockJob
 
     // ---- the run -------------------------------------------------------------------------------------
 
+    protected override Task InFlightIo() => _copy.WhenIdle();
+
     protected override async Task RunAsync()
     {
         if (_sync == MirrorSyncMode.None)
@@ -324,7 +326,7 @@ public sealed class BackupJob : BlockJob
                         // cancelled at once, as QEMU's; short sleeps overlap the I/O so the speed holds.
                         if (running.Count > 0 && delay > 10 * RateLimiter.DefaultSliceNs)
                         {
-                            failure = Reap(running, await Task.WhenAny(running).ConfigureAwait(false));
+                            failure = await ReapOneAsync(running).ConfigureAwait(false);
                             continue;
                         }
                         await SleepAsync(TimeSpan.FromTicks(delay / 100)).ConfigureAwait(false);
@@ -343,7 +345,7 @@ public sealed class BackupJob : BlockJob
                 {
                     if (running.Count > 0)
                     {
-                        failure = Reap(running, await Task.WhenAny(running).ConfigureAwait(false));
+                        failure = await ReapOneAsync(running).ConfigureAwait(false);
                         continue;
                     }
                     if (cursor > 0)
@@ -359,8 +361,8 @@ public sealed class BackupJob : BlockJob
                     Pace(bytes);
                 cursor = end;
                 running.Add(task);
-                if (running.Count >= MaxWorkers)
-                    failure = Reap(running, await Task.WhenAny(running).ConfigureAwait(false));
+                while (running.Count >= MaxWorkers && failure is null && !IsCancelled)
+                    failure = await ReapOneAsync(running).ConfigureAwait(false);
             }
         }
         finally
@@ -397,8 +399,17 @@ public sealed class BackupJob : BlockJob
         }
     }
 
-    private static (Exception, bool)? Reap(List<Task<(bool Ok, Exception? Error, bool IsRead)>> running, Task<(bool Ok, Exception? Error, bool IsRead)> done)
+    /// <summary>
+    /// Waits, idle, for one copy in flight to land and returns its failure; returns null with nothing reaped when a
+    /// pause or cancel woke the job first (the copies go on meanwhile, as QEMU's block-copy tasks do).
+    /// </summary>
+    private async ValueTask<(Exception, bool)?> ReapOneAsync(List<Task<(bool Ok, Exception? Error, bool IsRead)>> running)
     {
+        var any = Task.WhenAny(running);
+        await YieldUntilAsync(any).ConfigureAwait(false);
+        if (!any.IsCompleted)
+            return null;
+        var done = any.Result;
         running.Remove(done);
         var r = done.Result;
         return r.Ok ? null : (r.Error!, r.IsRead);

@@ -86,6 +86,13 @@ public sealed class BlockCopy
         }
     }
 
+    /// <summary>Ends when every copy in flight now has landed (a drain waits for it).</summary>
+    public Task WhenIdle()
+    {
+        lock (_gate)
+            return _inFlight.Count == 0 ? Task.CompletedTask : Task.WhenAll(_inFlight.Select(t => t.Done.Task));
+    }
+
     /// <summary>
     /// Claims the next dirty area at or after <paramref name="from"/> and before <paramref name="end"/>, at most
     /// <paramref name="max"/> bytes: its bits are cleared and it is registered in flight. Null when none is left.

@@ -116,6 +116,9 @@ public abstract class Job
     {
     }
 
+    /// <summary>I/O the job started that may still run while it stands paused (a drain waits for it).</summary>
+    protected virtual Task InFlightIo() => Task.CompletedTask;
+
     /// <summary>The run is about to stop at a pause point (lock held).</summary>
     protected virtual void OnPausing()
     {
@@ -247,7 +250,16 @@ public abstract class Job
     /// Sleeps for <paramref name="delay"/> (rate limiting) unless cancelled; a resume or cancel wakes it early. Then a
     /// pause point.
     /// </summary>
-    protected async ValueTask SleepAsync(TimeSpan delay)
+    protected ValueTask SleepAsync(TimeSpan delay) => YieldAsync(null, delay);
+
+    /// <summary>
+    /// job_yield while I/O the job started runs beside it (as QEMU's backup waits for its block-copy call): the job is
+    /// idle, so a pause or cancel acts at once rather than after the I/O; it goes on when <paramref name="work"/> ends
+    /// or a verb wakes it, then passes a pause point. The caller checks whether the work ended.
+    /// </summary>
+    protected ValueTask YieldUntilAsync(Task work) => YieldAsync(work, Timeout.InfiniteTimeSpan);
+
+    private async ValueTask YieldAsync(Task? work, TimeSpan delay)
     {
         TaskCompletionSource? wake = null;
         lock (Lock)
@@ -264,7 +276,7 @@ public abstract class Job
 
         if (wake is not null)
         {
-            await Task.WhenAny(wake.Task, Task.Delay(delay)).ConfigureAwait(false);
+            await Task.WhenAny(wake.Task, work ?? Task.Delay(delay)).ConfigureAwait(false);
             lock (Lock)
             {
                 _sleeping = false;
@@ -435,7 +447,7 @@ public abstract class Job
 
     /// <summary>
     /// bdrv_drained_begin as a job sees it: an internal pause, and the wait until the run stands at a pause point (or
-    /// has ended), so that the job's "paused" comes before whatever the drain is for.
+    /// has ended) and its I/O has landed, so that the job's "paused" comes before whatever the drain is for.
     /// </summary>
     public async ValueTask DrainPauseAsync()
     {
@@ -445,10 +457,11 @@ public abstract class Job
             lock (Lock)
             {
                 if (!_started || _atPause || _deferredToMainLoop || Run.IsCompleted)
-                    return;
+                    break;
             }
             await Task.Delay(1).ConfigureAwait(false);
         }
+        await InFlightIo().ConfigureAwait(false);
     }
 
     /// <summary>Started, not yet finished and not waiting for the user: a drain pauses (and resumes) it visibly.</summary>
