@@ -31,7 +31,6 @@ public sealed class NbdServer : IAsyncDisposable
         ArgumentOutOfRangeException.ThrowIfLessThan(Options.MaxRequestsPerConnection, 1);
         ArgumentOutOfRangeException.ThrowIfLessThan(Options.ReceiveBufferSize, 4096);
         Logger = logger ?? NullLogger.Instance;
-        ReceivePool = new SegmentPool(Options.ReceiveBufferSize);
         if (Options.MaxConnections > 0)
             _connectionSlots = new SemaphoreSlim(Options.MaxConnections, Options.MaxConnections);
     }
@@ -39,8 +38,6 @@ public sealed class NbdServer : IAsyncDisposable
     public NbdServerOptions Options { get; }
 
     internal ILogger Logger { get; }
-
-    internal MemoryPool<byte> ReceivePool { get; }
 
     /// <summary>Exports in the order they were added (the order of NBD_OPT_LIST replies).</summary>
     public IReadOnlyList<NbdExport> Exports
@@ -173,7 +170,6 @@ public sealed class NbdServer : IAsyncDisposable
     {
         await StopAsync().ConfigureAwait(false);
         _connectionSlots?.Dispose();
-        ReceivePool.Dispose();
     }
 
     private static async Task CloseConnectionsAsync(List<NbdConnection> connections, CancellationToken ct)

@@ -19,16 +19,16 @@ internal sealed partial class NbdConnection
     private int _metaCount;
 
     /// <summary>Runs the handshake; true when the client entered transmission, false when it aborted.</summary>
-    private async ValueTask<bool> NegotiateAsync()
+    private bool Negotiate()
     {
         var greeting = _out.GetSpan(18);
         BinaryPrimitives.WriteUInt64BigEndian(greeting, NbdConstants.InitMagic);
         BinaryPrimitives.WriteUInt64BigEndian(greeting[8..], NbdConstants.OptionMagic);
         BinaryPrimitives.WriteUInt16BigEndian(greeting[16..], (ushort)(NbdHandshakeFlags.FixedNewstyle | NbdHandshakeFlags.NoZeroes));
         _out.Advance(18);
-        await FlushHandshakeAsync().ConfigureAwait(false);
+        FlushHandshake();
 
-        uint flags = await ReadUInt32Async().ConfigureAwait(false);
+        uint flags = ReadUInt32();
         bool fixedNewstyle = (flags & (uint)NbdClientFlags.FixedNewstyle) != 0;
         bool noZeroes = (flags & (uint)NbdClientFlags.NoZeroes) != 0;
         flags &= ~(uint)(NbdClientFlags.FixedNewstyle | NbdClientFlags.NoZeroes);
@@ -37,10 +37,10 @@ internal sealed partial class NbdConnection
 
         while (true)
         {
-            if (await ReadUInt64Async().ConfigureAwait(false) != NbdConstants.OptionMagic)
+            if (ReadUInt64() != NbdConstants.OptionMagic)
                 throw new NbdProtocolException("option negotiation failed: Bad magic received");
-            uint option = await ReadUInt32Async().ConfigureAwait(false);
-            uint length = await ReadUInt32Async().ConfigureAwait(false);
+            uint option = ReadUInt32();
+            uint length = ReadUInt32();
             _opt = option;
             _optLen = length;
             if (length > NbdConstants.MaxBufferSize)
@@ -50,7 +50,7 @@ internal sealed partial class NbdConnection
             {
                 // Broken newstyle clients may only name the export.
                 if (option == (uint)NbdOption.ExportName)
-                    return await HandleExportNameAsync(noZeroes).ConfigureAwait(false);
+                    return HandleExportName(noZeroes);
                 throw new NbdProtocolException($"option negotiation failed: Unsupported option {option} ({NbdNames.Option(option)})");
             }
 
@@ -58,7 +58,7 @@ internal sealed partial class NbdConnection
             {
                 case NbdOption.List:
                     if (length != 0)
-                        await RejectLengthAsync(fatal: false).ConfigureAwait(false);
+                        RejectLength(fatal: false);
                     else
                         HandleList();
                     break;
@@ -67,32 +67,32 @@ internal sealed partial class NbdConnection
                     SendReply(NbdOptionReply.Ack, 0);
                     try
                     {
-                        await FlushHandshakeAsync().ConfigureAwait(false);
+                        FlushHandshake();
                     }
                     catch (Exception e) when (e is IOException or System.Net.Sockets.SocketException or OperationCanceledException)
                     {
                     }
                     return false;
                 case NbdOption.ExportName:
-                    return await HandleExportNameAsync(noZeroes).ConfigureAwait(false);
+                    return HandleExportName(noZeroes);
                 case NbdOption.Info:
                 case NbdOption.Go:
-                    if (await HandleInfoAsync().ConfigureAwait(false))
+                    if (HandleInfo())
                     {
-                        await FlushHandshakeAsync().ConfigureAwait(false);
+                        FlushHandshake();
                         return true;
                     }
                     break;
                 case NbdOption.StartTls:
                     if (length != 0)
-                        await RejectLengthAsync(fatal: false).ConfigureAwait(false);
+                        RejectLength(fatal: false);
                     else
                         SendError(NbdOptionReply.ErrPolicy, "TLS not configured");
                     break;
                 case NbdOption.StructuredReply:
                     if (length != 0)
                     {
-                        await RejectLengthAsync(fatal: false).ConfigureAwait(false);
+                        RejectLength(fatal: false);
                     }
                     else if (_structured)
                     {
@@ -106,13 +106,13 @@ internal sealed partial class NbdConnection
                     break;
                 case NbdOption.ListMetaContext:
                 case NbdOption.SetMetaContext:
-                    await HandleMetaQueriesAsync().ConfigureAwait(false);
+                    HandleMetaQueries();
                     break;
                 default:
-                    await OptionDropAsync(NbdOptionReply.ErrUnsup, $"Unsupported option {option} ({NbdNames.Option(option)})").ConfigureAwait(false);
+                    OptionDrop(NbdOptionReply.ErrUnsup, $"Unsupported option {option} ({NbdNames.Option(option)})");
                     break;
             }
-            await FlushHandshakeAsync().ConfigureAwait(false);
+            FlushHandshake();
         }
     }
 
@@ -145,74 +145,74 @@ internal sealed partial class NbdConnection
     }
 
     /// <summary>Drops the rest of the option and answers with an error (QEMU's nbd_opt_drop).</summary>
-    private async ValueTask OptionDropAsync(NbdOptionReply type, string message)
+    private void OptionDrop(NbdOptionReply type, string message)
     {
         long rest = _optLen;
         _optLen = 0;
-        await SkipAsync(rest).ConfigureAwait(false);
+        Skip(rest);
         SendError(type, message);
     }
 
-    private ValueTask OptionInvalidAsync(string message) => OptionDropAsync(NbdOptionReply.ErrInvalid, message);
+    private void OptionInvalid(string message) => OptionDrop(NbdOptionReply.ErrInvalid, message);
 
-    private async ValueTask RejectLengthAsync(bool fatal)
+    private void RejectLength(bool fatal)
     {
         string message = $"option '{NbdNames.Option(_opt)}' has unexpected length";
-        await OptionInvalidAsync(message).ConfigureAwait(false);
+        OptionInvalid(message);
         if (fatal)
             throw new NbdProtocolException("option negotiation failed: " + message);
     }
 
     /// <summary>Reads option payload; false when the option was answered with an error instead (QEMU's nbd_opt_read).</summary>
-    private async ValueTask<bool> OptionReadAsync(Memory<byte> destination, bool checkNul)
+    private bool OptionRead(Span<byte> destination, bool checkNul)
     {
         if (destination.Length > _optLen)
         {
-            await OptionInvalidAsync($"Inconsistent lengths in option {NbdNames.Option(_opt)}").ConfigureAwait(false);
+            OptionInvalid($"Inconsistent lengths in option {NbdNames.Option(_opt)}");
             return false;
         }
         _optLen -= destination.Length;
-        await ReadExactAsync(destination).ConfigureAwait(false);
-        if (checkNul && destination.Span.Contains((byte)0))
+        ReadExact(destination);
+        if (checkNul && destination.Contains((byte)0))
         {
-            await OptionInvalidAsync($"Unexpected embedded NUL in option {NbdNames.Option(_opt)}").ConfigureAwait(false);
+            OptionInvalid($"Unexpected embedded NUL in option {NbdNames.Option(_opt)}");
             return false;
         }
         return true;
     }
 
-    private async ValueTask<bool> OptionSkipAsync(long count)
+    private bool OptionSkip(long count)
     {
         if (count > _optLen)
         {
-            await OptionInvalidAsync($"Inconsistent lengths in option {NbdNames.Option(_opt)}").ConfigureAwait(false);
+            OptionInvalid($"Inconsistent lengths in option {NbdNames.Option(_opt)}");
             return false;
         }
         _optLen -= count;
-        await SkipAsync(count).ConfigureAwait(false);
+        Skip(count);
         return true;
     }
 
-    private async ValueTask<uint?> OptionReadUInt32Async()
+    private uint? OptionReadUInt32()
     {
-        if (!await OptionReadAsync(_scratch.AsMemory(0, 4), checkNul: false).ConfigureAwait(false))
+        if (!OptionRead(_scratch.AsSpan(0, 4), checkNul: false))
             return null;
         return BinaryPrimitives.ReadUInt32BigEndian(_scratch);
     }
 
     /// <summary>Reads "u32 length, name" (QEMU's nbd_opt_read_name); null when the option was answered with an error.</summary>
-    private async ValueTask<byte[]?> OptionReadNameAsync()
+    private byte[]? OptionReadName()
     {
-        uint? length = await OptionReadUInt32Async().ConfigureAwait(false);
+        uint? length = OptionReadUInt32();
         if (length == null)
             return null;
         if (length > NbdConstants.MaxStringSize)
         {
-            await OptionInvalidAsync($"Invalid name length: {length}").ConfigureAwait(false);
+            OptionInvalid($"Invalid name length: {length}");
             return null;
         }
         var name = new byte[length.Value];
-        return await OptionReadAsync(name, checkNul: true).ConfigureAwait(false) ? name : null;
+        return OptionRead(name, checkNul: true) ? name : null;
     }
 
     /// <summary>A client-supplied name fit for an error message (QEMU's nbd_sanitize_name).</summary>
@@ -241,12 +241,12 @@ internal sealed partial class NbdConnection
         SendReply(NbdOptionReply.Ack, 0);
     }
 
-    private async ValueTask<bool> HandleExportNameAsync(bool noZeroes)
+    private bool HandleExportName(bool noZeroes)
     {
         if (_optLen > NbdConstants.MaxStringSize)
             throw new NbdProtocolException("option negotiation failed: Bad length received");
         var name = new byte[_optLen];
-        await ReadExactAsync(name).ConfigureAwait(false);
+        ReadExact(name);
         _optLen = 0;
         // QEMU compares C strings: the name ends at the first NUL.
         int nul = Array.IndexOf(name, (byte)0);
@@ -264,25 +264,25 @@ internal sealed partial class NbdConnection
         BinaryPrimitives.WriteUInt64BigEndian(span, (ulong)export.Size);
         BinaryPrimitives.WriteUInt16BigEndian(span[8..], (ushort)flags);
         _out.Advance(length);
-        await FlushHandshakeAsync().ConfigureAwait(false);
+        FlushHandshake();
         CheckMetaExport();
         return true;
     }
 
     /// <summary>NBD_OPT_INFO and NBD_OPT_GO; true when GO succeeded (transmission starts).</summary>
-    private async ValueTask<bool> HandleInfoAsync()
+    private bool HandleInfo()
     {
-        byte[]? name = await OptionReadNameAsync().ConfigureAwait(false);
+        byte[]? name = OptionReadName();
         if (name == null)
             return false;
-        if (!await OptionReadAsync(_scratch.AsMemory(0, 2), checkNul: false).ConfigureAwait(false))
+        if (!OptionRead(_scratch.AsSpan(0, 2), checkNul: false))
             return false;
         int requests = BinaryPrimitives.ReadUInt16BigEndian(_scratch);
         bool sendName = false;
         bool blockSize = false;
         for (int i = 0; i < requests; i++)
         {
-            if (!await OptionReadAsync(_scratch.AsMemory(0, 2), checkNul: false).ConfigureAwait(false))
+            if (!OptionRead(_scratch.AsSpan(0, 2), checkNul: false))
                 return false;
             switch ((NbdInfo)BinaryPrimitives.ReadUInt16BigEndian(_scratch))
             {
@@ -296,7 +296,7 @@ internal sealed partial class NbdConnection
         }
         if (_optLen != 0)
         {
-            await RejectLengthAsync(fatal: false).ConfigureAwait(false);
+            RejectLength(fatal: false);
             return false;
         }
 
@@ -354,13 +354,13 @@ internal sealed partial class NbdConnection
     }
 
     /// <summary>NBD_OPT_LIST_META_CONTEXT / NBD_OPT_SET_META_CONTEXT (QEMU 7.2's nbd_negotiate_meta_queries).</summary>
-    private async ValueTask HandleMetaQueriesAsync()
+    private void HandleMetaQueries()
     {
         bool isList = _opt == (uint)NbdOption.ListMetaContext;
         // QEMU 7.2 demands structured replies for SET only; LIST works without.
         if (!isList && !_structured)
         {
-            await OptionInvalidAsync($"request option '{NbdNames.Option(_opt)}' when structured reply is not negotiated").ConfigureAwait(false);
+            OptionInvalid($"request option '{NbdNames.Option(_opt)}' when structured reply is not negotiated");
             return;
         }
         if (!isList)
@@ -370,18 +370,18 @@ internal sealed partial class NbdConnection
             _metaCount = 0;
         }
 
-        byte[]? name = await OptionReadNameAsync().ConfigureAwait(false);
+        byte[]? name = OptionReadName();
         if (name == null)
             return;
         var export = _server.FindExport(name);
         if (export == null)
         {
-            await OptionDropAsync(NbdOptionReply.ErrUnknown, $"export '{Sanitize(name)}' not present").ConfigureAwait(false);
+            OptionDrop(NbdOptionReply.ErrUnknown, $"export '{Sanitize(name)}' not present");
             return;
         }
         var contexts = export.ContextsById.ToArray();
         var selected = new bool[contexts.Length];
-        uint? queries = await OptionReadUInt32Async().ConfigureAwait(false);
+        uint? queries = OptionReadUInt32();
         if (queries == null)
             return;
         if (isList && queries == 0)
@@ -393,7 +393,7 @@ internal sealed partial class NbdConnection
         {
             for (uint q = 0; q < queries; q++)
             {
-                if (!await HandleMetaQueryAsync(contexts, selected, isList).ConfigureAwait(false))
+                if (!HandleMetaQuery(contexts, selected, isList))
                     return;
             }
         }
@@ -402,7 +402,7 @@ internal sealed partial class NbdConnection
         {
             long rest = _optLen;
             _optLen = 0;
-            await SkipAsync(rest).ConfigureAwait(false);
+            Skip(rest);
         }
 
         int count = 0;
@@ -430,15 +430,15 @@ internal sealed partial class NbdConnection
     /// One query. Exact names select their context; in LIST, a namespace prefix ending in ':' selects every context
     /// under it ("base:", "qemu:", "qemu:dirty-bitmap:") — which is QEMU's rule set. Unknown names are ignored.
     /// </summary>
-    private async ValueTask<bool> HandleMetaQueryAsync(INbdMetaContextProvider?[] contexts, bool[] selected, bool isList)
+    private bool HandleMetaQuery(INbdMetaContextProvider?[] contexts, bool[] selected, bool isList)
     {
-        uint? length = await OptionReadUInt32Async().ConfigureAwait(false);
+        uint? length = OptionReadUInt32();
         if (length == null)
             return false;
         if (length > NbdConstants.MaxStringSize)
-            return await OptionSkipAsync(length.Value).ConfigureAwait(false);
+            return OptionSkip(length.Value);
         var query = new byte[length.Value];
-        if (!await OptionReadAsync(query, checkNul: true).ConfigureAwait(false))
+        if (!OptionRead(query, checkNul: true))
             return false;
         string text = Encoding.UTF8.GetString(query);
         bool prefix = isList && text.EndsWith(':');

@@ -1,6 +1,5 @@
 using System.Buffers;
 using System.Buffers.Binary;
-using System.IO.Pipelines;
 using Microsoft.Extensions.Logging;
 using Strata.Nbd.Protocol;
 
@@ -25,28 +24,23 @@ internal sealed partial class NbdConnection
 
     private readonly record struct RequestHeader(uint Magic, ushort Flags, ushort Type, ulong Cookie, ulong Offset, uint Length);
 
-    private async Task TransmitAsync()
+    /// <summary>
+    /// The request loop, on the connection's thread: requests whose reply is ready at once are answered from it too,
+    /// the others from the thread that finishes their I/O.
+    /// </summary>
+    private void ReceiveRequests()
     {
         _log.LogDebug("NBD client {Peer} uses export '{Export}' (structured replies: {Structured})", _peer, _export!.Name, _structured);
-        _writer = new ReplyWriter(_socket, this);
+        var writer = _writer = new ReplyWriter(_io, this);
         var ct = _cts.Token;
-        var reader = _reader;
-        while (true)
+        while (!ct.IsCancellationRequested)
         {
-            if (ct.IsCancellationRequested)
-                return;
-            // No token here (a registration per read): RequestStop cancels the pending read instead.
-            var result = await reader.ReadAsync().ConfigureAwait(false);
-            if (result.IsCanceled)
-                return;
-            var buffer = result.Buffer;
             bool stop = false;
-            NbdRequest? direct = null;
             // Replies of requests answered while this buffer is parsed leave together, after it.
-            bool corked = buffer.Length >= NbdConstants.RequestHeaderSize && _writer.TryCork();
-            while (buffer.Length >= NbdConstants.RequestHeaderSize)
+            bool corked = _inEnd - _inStart >= NbdConstants.RequestHeaderSize && writer.TryCork();
+            while (_inEnd - _inStart >= NbdConstants.RequestHeaderSize)
             {
-                var h = ParseHeader(buffer);
+                var h = Decode(_in.AsSpan(_inStart));
                 if (h.Magic != NbdConstants.RequestMagic)
                 {
                     _log.LogInformation("NBD client {Peer}: Disconnect client, due to: invalid magic (got 0x{Magic:x})", _peer, h.Magic);
@@ -55,7 +49,6 @@ internal sealed partial class NbdConnection
                 }
                 if (h.Type == (ushort)NbdCommand.Disconnect)
                 {
-                    buffer = buffer.Slice(NbdConstants.RequestHeaderSize);
                     stop = true;
                     break;
                 }
@@ -68,7 +61,7 @@ internal sealed partial class NbdConnection
                     else
                         need += h.Length;
                 }
-                bool partialPayload = buffer.Length < need;
+                bool partialPayload = _inEnd - _inStart < need;
                 if (partialPayload && h.Length < DirectPayloadThreshold)
                     break; // wait for the rest of a small payload
 
@@ -76,12 +69,12 @@ internal sealed partial class NbdConnection
                 {
                     if (corked)
                     {
-                        _writer.Uncork();
+                        writer.Uncork();
                         corked = false;
                     }
                     try
                     {
-                        await _slots.WaitAsync(ct).ConfigureAwait(false);
+                        _slots.Wait(ct);
                     }
                     catch (OperationCanceledException)
                     {
@@ -92,7 +85,6 @@ internal sealed partial class NbdConnection
                 var request = Rent(h);
                 if (oversizedWrite)
                 {
-                    buffer = buffer.Slice(NbdConstants.RequestHeaderSize);
                     request.Start();
                     _log.LogInformation("NBD client {Peer}: Disconnect client, due to: Request handling failed in intermediate state", _peer);
                     stop = true;
@@ -101,75 +93,47 @@ internal sealed partial class NbdConnection
                 if (h.Type == (ushort)NbdCommand.Write && h.Length > 0)
                 {
                     request.Data = ArrayPool<byte>.Shared.Rent((int)h.Length);
-                    var available = buffer.Slice(NbdConstants.RequestHeaderSize, Math.Min(h.Length, buffer.Length - NbdConstants.RequestHeaderSize));
-                    available.CopyTo(request.Data);
+                    int have = (int)Math.Min(h.Length, _inEnd - _inStart - NbdConstants.RequestHeaderSize);
+                    _in.AsSpan(_inStart + NbdConstants.RequestHeaderSize, have).CopyTo(request.Data);
                     if (partialPayload)
                     {
-                        buffer = buffer.Slice(buffer.End);
-                        direct = request;
-                        _directHave = (int)available.Length;
-                        break;
+                        // The rest of a large payload goes straight from the socket into the request's buffer.
+                        _inStart = _inEnd = 0;
+                        if (corked)
+                        {
+                            writer.Uncork();
+                            corked = false;
+                        }
+                        try
+                        {
+                            _io.ReceiveExact(request.Data.AsSpan(have, (int)h.Length - have));
+                        }
+                        catch
+                        {
+                            Release(request);
+                            throw;
+                        }
+                        request.Start();
+                        continue;
                     }
                 }
-                buffer = buffer.Slice(need);
+                _inStart += (int)need;
                 request.Start();
             }
             if (corked)
-                _writer.Uncork();
-            reader.AdvanceTo(buffer.Start, buffer.End);
-
-            if (direct != null)
-            {
-                // The pipe holds nothing more (the payload runs past what was buffered): read the rest straight
-                // from the socket into the request's buffer.
-                try
-                {
-                    await ReadStreamExactAsync(direct.Data.AsMemory(_directHave, (int)direct.Length - _directHave), ct).ConfigureAwait(false);
-                }
-                catch (Exception e) when (e is OperationCanceledException or EndOfStreamException or IOException)
-                {
-                    Release(direct);
-                    return;
-                }
-                direct.Start();
-                continue;
-            }
-            if (stop || result.IsCompleted || result.IsCanceled)
+                writer.Uncork();
+            if (stop || !Fill(DirectPayloadThreshold + NbdConstants.RequestHeaderSize))
                 return;
         }
     }
 
-    private int _directHave;
-
-    private async ValueTask ReadStreamExactAsync(Memory<byte> destination, CancellationToken ct)
-    {
-        while (destination.Length > 0)
-        {
-            int n = await _stream.ReadAsync(destination, ct).ConfigureAwait(false);
-            if (n == 0)
-                throw new EndOfStreamException("Unexpected end-of-file before all data were read");
-            destination = destination[n..];
-        }
-    }
-
-    private static RequestHeader ParseHeader(in ReadOnlySequence<byte> buffer)
-    {
-        var first = buffer.FirstSpan;
-        if (first.Length >= NbdConstants.RequestHeaderSize)
-            return Decode(first);
-        Span<byte> header = stackalloc byte[NbdConstants.RequestHeaderSize];
-        var reader = new SequenceReader<byte>(buffer);
-        reader.TryCopyTo(header);
-        return Decode(header);
-
-        static RequestHeader Decode(ReadOnlySpan<byte> s) => new(
-            BinaryPrimitives.ReadUInt32BigEndian(s),
-            BinaryPrimitives.ReadUInt16BigEndian(s[4..]),
-            BinaryPrimitives.ReadUInt16BigEndian(s[6..]),
-            BinaryPrimitives.ReadUInt64BigEndian(s[8..]),
-            BinaryPrimitives.ReadUInt64BigEndian(s[16..]),
-            BinaryPrimitives.ReadUInt32BigEndian(s[24..]));
-    }
+    private static RequestHeader Decode(ReadOnlySpan<byte> s) => new(
+        BinaryPrimitives.ReadUInt32BigEndian(s),
+        BinaryPrimitives.ReadUInt16BigEndian(s[4..]),
+        BinaryPrimitives.ReadUInt16BigEndian(s[6..]),
+        BinaryPrimitives.ReadUInt64BigEndian(s[8..]),
+        BinaryPrimitives.ReadUInt64BigEndian(s[16..]),
+        BinaryPrimitives.ReadUInt32BigEndian(s[24..]));
 
     private NbdRequest Rent(in RequestHeader h)
     {

@@ -1,5 +1,4 @@
 using System.Buffers;
-using System.IO.Pipelines;
 using System.Net.Sockets;
 using Microsoft.Extensions.Logging;
 using Strata.Nbd.Protocol;
@@ -7,15 +6,15 @@ using Strata.Nbd.Protocol;
 namespace Strata.Nbd.Server;
 
 /// <summary>
-/// One client: the handshake (NbdConnection.Handshake.cs), then transmission (NbdConnection.Transmission.cs):
-/// requests parsed in place from a <see cref="PipeReader"/>, run concurrently, answered by one <see cref="ReplyWriter"/>.
+/// One client, on a thread of its own (<see cref="NbdSocket"/> says why): the handshake (NbdConnection.Handshake.cs),
+/// then transmission (NbdConnection.Transmission.cs): requests parsed in place from the receive buffer, run
+/// concurrently, answered by one <see cref="ReplyWriter"/>.
 /// </summary>
 internal sealed partial class NbdConnection
 {
     private readonly NbdServer _server;
     private readonly Socket _socket;
-    private readonly NetworkStream _stream;
-    private readonly PipeReader _reader;
+    private readonly NbdSocket _io;
     private readonly CancellationTokenSource _cts = new();
     private readonly TaskCompletionSource _completion = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private readonly ILogger _log;
@@ -30,10 +29,8 @@ internal sealed partial class NbdConnection
         _peer = DescribePeer(socket);
         if (socket.AddressFamily is AddressFamily.InterNetwork or AddressFamily.InterNetworkV6)
             socket.NoDelay = true;
-        _stream = new NetworkStream(socket, ownsSocket: false);
-        int bufferSize = server.Options.ReceiveBufferSize;
-        _reader = PipeReader.Create(_stream, new StreamPipeReaderOptions(
-            pool: server.ReceivePool, bufferSize: bufferSize, minimumReadSize: Math.Min(bufferSize, 16 * 1024), leaveOpen: true));
+        _io = new NbdSocket(socket);
+        _in = new byte[server.Options.ReceiveBufferSize];
         _slots = new SemaphoreSlim(server.Options.MaxRequestsPerConnection, server.Options.MaxRequestsPerConnection);
     }
 
@@ -43,7 +40,7 @@ internal sealed partial class NbdConnection
     /// <summary>The export in transmission, once negotiated.</summary>
     public NbdExport? Export => _export;
 
-    public void Start() => _ = RunAsync();
+    public void Start() => new Thread(Run) { IsBackground = true, Name = "NBD client" }.Start();
 
     /// <summary>Stop reading requests; finish and answer those received, then close.</summary>
     public void RequestStop()
@@ -51,14 +48,14 @@ internal sealed partial class NbdConnection
         try
         {
             _cts.Cancel();
-            _reader.CancelPendingRead();
+            // The connection's thread may wait in poll: the end of reading wakes it.
+            _socket.Shutdown(SocketShutdown.Receive);
         }
         catch (ObjectDisposedException)
         {
         }
-        catch (InvalidOperationException)
+        catch (SocketException)
         {
-            // The reader is already completed.
         }
     }
 
@@ -79,14 +76,13 @@ internal sealed partial class NbdConnection
         }
     }
 
-    private async Task RunAsync()
+    private void Run()
     {
-        await Task.Yield();
         _log.LogDebug("NBD client {Peer} connected", _peer);
         try
         {
-            if (await NegotiateAsync().ConfigureAwait(false))
-                await TransmitAsync().ConfigureAwait(false);
+            if (Negotiate())
+                ReceiveRequests();
         }
         catch (NbdProtocolException e)
         {
@@ -102,7 +98,7 @@ internal sealed partial class NbdConnection
         }
         finally
         {
-            await CloseAsync().ConfigureAwait(false);
+            _ = CloseAsync();
         }
     }
 
@@ -114,7 +110,7 @@ internal sealed partial class NbdConnection
             // reply sent (or dropped with the socket).
             for (int i = 0; i < _server.Options.MaxRequestsPerConnection; i++)
                 await _slots.WaitAsync().ConfigureAwait(false);
-            _writer?.Dispose();
+            _io.Dispose();
         }
         catch (Exception e)
         {
@@ -127,8 +123,6 @@ internal sealed partial class NbdConnection
         catch (Exception e) when (e is SocketException or ObjectDisposedException)
         {
         }
-        await _reader.CompleteAsync().ConfigureAwait(false);
-        await _stream.DisposeAsync().ConfigureAwait(false);
         _socket.Dispose();
         _server.OnConnectionClosed(this, _export);
         _log.LogDebug("NBD client {Peer} closed", _peer);
@@ -148,70 +142,80 @@ internal sealed partial class NbdConnection
         }
     }
 
-    // ------------------------------------------------------------------ handshake-phase I/O
+    // ------------------------------------------------------------------ input and handshake-phase output
+
+    // Received bytes not parsed yet: _in[_inStart.._inEnd).
+    private byte[] _in;
+    private int _inStart;
+    private int _inEnd;
 
     private readonly byte[] _scratch = new byte[8];
     private readonly ArrayBufferWriter<byte> _out = new(1024);
 
-    /// <summary>Reads exactly <paramref name="destination"/>.Length bytes from the pipe.</summary>
-    private async ValueTask ReadExactAsync(Memory<byte> destination)
+    /// <summary>Receives more bytes behind those buffered (moving them to the front when room runs short); false at end of stream.</summary>
+    private bool Fill(int room)
+    {
+        if (_inStart == _inEnd)
+        {
+            _inStart = _inEnd = 0;
+        }
+        else if (_in.Length - _inEnd < room)
+        {
+            _in.AsSpan(_inStart, _inEnd - _inStart).CopyTo(_in);
+            _inEnd -= _inStart;
+            _inStart = 0;
+        }
+        if (_in.Length - _inEnd < room)
+            Array.Resize(ref _in, _inEnd + room); // a receive buffer configured smaller than one request
+        int n = _io.Receive(_in.AsSpan(_inEnd));
+        _inEnd += n;
+        return n > 0;
+    }
+
+    /// <summary>Reads exactly <paramref name="destination"/>.Length bytes.</summary>
+    private void ReadExact(Span<byte> destination)
     {
         while (destination.Length > 0)
         {
-            var result = await _reader.ReadAsync(_cts.Token).ConfigureAwait(false);
-            var buffer = result.Buffer;
-            int n = (int)Math.Min(buffer.Length, destination.Length);
-            buffer.Slice(0, n).CopyTo(destination.Span);
-            destination = destination[n..];
-            _reader.AdvanceTo(buffer.GetPosition(n));
-            if (n == 0 && (result.IsCompleted || result.IsCanceled))
+            if (_inStart == _inEnd && !Fill(1))
                 throw new EndOfStreamException("Unexpected end-of-file before all data were read");
+            int n = Math.Min(_inEnd - _inStart, destination.Length);
+            _in.AsSpan(_inStart, n).CopyTo(destination);
+            _inStart += n;
+            destination = destination[n..];
         }
     }
 
-    private async ValueTask SkipAsync(long count)
+    private void Skip(long count)
     {
         while (count > 0)
         {
-            var result = await _reader.ReadAsync(_cts.Token).ConfigureAwait(false);
-            var buffer = result.Buffer;
-            long n = Math.Min(buffer.Length, count);
-            count -= n;
-            _reader.AdvanceTo(buffer.GetPosition(n));
-            if (n == 0 && (result.IsCompleted || result.IsCanceled))
+            if (_inStart == _inEnd && !Fill(1))
                 throw new EndOfStreamException("Unexpected end-of-file before all data were read");
+            int n = (int)Math.Min(_inEnd - _inStart, count);
+            _inStart += n;
+            count -= n;
         }
     }
 
-    private async ValueTask<uint> ReadUInt32Async()
+    private uint ReadUInt32()
     {
-        await ReadExactAsync(_scratch.AsMemory(0, 4)).ConfigureAwait(false);
+        ReadExact(_scratch.AsSpan(0, 4));
         return System.Buffers.Binary.BinaryPrimitives.ReadUInt32BigEndian(_scratch);
     }
 
-    private async ValueTask<ulong> ReadUInt64Async()
+    private ulong ReadUInt64()
     {
-        await ReadExactAsync(_scratch.AsMemory(0, 8)).ConfigureAwait(false);
+        ReadExact(_scratch.AsSpan(0, 8));
         return System.Buffers.Binary.BinaryPrimitives.ReadUInt64BigEndian(_scratch);
     }
 
     /// <summary>Sends what the handshake has buffered.</summary>
-    private async ValueTask FlushHandshakeAsync()
+    private void FlushHandshake()
     {
         if (_out.WrittenCount == 0)
             return;
-        await SendAllAsync(_socket, _out.WrittenMemory, _cts.Token).ConfigureAwait(false);
+        _io.Send(_out.WrittenSpan);
         _out.ResetWrittenCount();
-    }
-
-    internal static async ValueTask SendAllAsync(Socket socket, ReadOnlyMemory<byte> data, CancellationToken ct)
-    {
-        while (data.Length > 0)
-        {
-            int n = await socket.SendAsync(data, SocketFlags.None, ct).ConfigureAwait(false);
-            if (n <= 0)
-                throw new IOException("The connection was closed while sending");
-            data = data[n..];
-        }
     }
 }

@@ -1,5 +1,4 @@
 using System.Collections.Concurrent;
-using System.Net.Sockets;
 
 namespace Strata.Nbd.Server;
 
@@ -9,26 +8,27 @@ namespace Strata.Nbd.Server;
 /// (headers and small payloads copied into one buffer, large payloads sent from their own buffers), sends once,
 /// releases those requests (and their buffers), and goes on while replies keep arriving. The request loop "corks" the
 /// writer while it parses a received buffer, so that requests answered on the spot leave in one send.
+/// A send waits (in poll) while the client's socket buffer is full: at most one thread per connection does, and the
+/// request loop stops reading meanwhile when it is the writer, which is the back-pressure QEMU applies too.
 /// </summary>
-internal sealed class ReplyWriter : IDisposable
+internal sealed class ReplyWriter
 {
     private const int CopyThreshold = 16 * 1024;
     private const int MaxBatchBytes = 8 << 20;
     private const int MaxSegments = 256;
 
-    private readonly Socket _socket;
+    private readonly NbdSocket _socket;
     private readonly NbdConnection _connection;
     private readonly ConcurrentQueue<NbdRequest> _queue = new();
     private readonly List<ArraySegment<byte>> _segments = [];
     private readonly List<NbdRequest> _batch = [];
-    private readonly GatherSender _sender = new();
     private byte[] _buffer = new byte[64 * 1024];
     private int _bufferLength;
     private int _segmentStart;
     private int _owned;        // 1 while a thread is the writer (or the request loop holds the cork)
     private volatile bool _dead;
 
-    public ReplyWriter(Socket socket, NbdConnection connection)
+    public ReplyWriter(NbdSocket socket, NbdConnection connection)
     {
         _socket = socket;
         _connection = connection;
@@ -49,17 +49,17 @@ internal sealed class ReplyWriter : IDisposable
             return;
         }
         if (Interlocked.CompareExchange(ref _owned, 1, 0) == 0)
-            _ = WriteLoopAsync();
+            WriteLoop();
     }
 
     /// <summary>Holds replies back (the caller becomes the writer) until <see cref="Uncork"/>; false if another thread writes.</summary>
     public bool TryCork() => !_dead && Interlocked.CompareExchange(ref _owned, 1, 0) == 0;
 
     /// <summary>Sends what was held back and everything that follows, from the calling thread while it can.</summary>
-    public void Uncork() => _ = WriteLoopAsync();
+    public void Uncork() => WriteLoop();
 
     /// <summary>Runs while this thread owns the writer.</summary>
-    private async Task WriteLoopAsync()
+    private void WriteLoop()
     {
         try
         {
@@ -80,7 +80,7 @@ internal sealed class ReplyWriter : IDisposable
                     continue;
                 }
                 CloseSegment();
-                await SendAsync(bytes).ConfigureAwait(false);
+                Send();
                 ReleaseBatch();
             }
         }
@@ -92,9 +92,6 @@ internal sealed class ReplyWriter : IDisposable
             _connection.OnSendFailed(e);
         }
     }
-
-    /// <summary>Only once every request given to the writer has been released (nothing is being sent).</summary>
-    public void Dispose() => _sender.Dispose();
 
     private void DrainDead()
     {
@@ -137,30 +134,12 @@ internal sealed class ReplyWriter : IDisposable
         _segmentStart = _bufferLength;
     }
 
-    private async ValueTask SendAsync(long total)
+    private void Send()
     {
         if (_segments.Count == 1)
-        {
-            await NbdConnection.SendAllAsync(_socket, _segments[0], CancellationToken.None).ConfigureAwait(false);
-        }
+            _socket.Send(_segments[0].AsSpan());
         else if (_segments.Count > 1)
-        {
-            long sent = await _sender.SendAsync(_socket, _segments).ConfigureAwait(false);
-            if (sent < total)
-            {
-                // A short gather send: send the rest segment by segment.
-                foreach (var segment in _segments)
-                {
-                    if (sent >= segment.Count)
-                    {
-                        sent -= segment.Count;
-                        continue;
-                    }
-                    await NbdConnection.SendAllAsync(_socket, segment.AsMemory((int)sent), CancellationToken.None).ConfigureAwait(false);
-                    sent = 0;
-                }
-            }
-        }
+            _socket.Send(_segments);
     }
 
     private void ReleaseBatch()
