@@ -6,27 +6,27 @@ using Strata.Block.Transactions;
 namespace Strata.Qmp.Server.Commands;
 
 /// <summary>
-/// blockdev-snapshot-sync, blockdev-snapshot and blockdev-snapshot-internal-sync: each a transaction of one action, as
-/// in QEMU; blockdev-snapshot-delete-internal-sync, which is not.
+/// blockdev-snapshot-sync, blockdev-snapshot and blockdev-snapshot-internal-sync: each a transaction of one action, as in
+/// QEMU (running jobs pause once at its drain); blockdev-snapshot-delete-internal-sync, which is not.
 /// </summary>
 internal static class SnapshotCommands
 {
     public static async ValueTask<JsonElement> BlockdevSnapshotSyncAsync(QmpCommandContext c, JsonElement args, CancellationToken ct)
     {
-        await BlockTransaction.RunAsync(c.Daemon.Graph, [SyncAction(args)], ct: ct).ConfigureAwait(false);
+        await BlockTransaction.RunAsync(c.Daemon.Graph, [SyncAction(args)], jobs: c.Daemon.Jobs, ct: ct).ConfigureAwait(false);
         return await Args.Empty.ConfigureAwait(false);
     }
 
     public static async ValueTask<JsonElement> BlockdevSnapshotAsync(QmpCommandContext c, JsonElement args, CancellationToken ct)
     {
-        await BlockTransaction.RunAsync(c.Daemon.Graph, [OverlayAction(args)], ct: ct).ConfigureAwait(false);
+        await BlockTransaction.RunAsync(c.Daemon.Graph, [OverlayAction(args)], jobs: c.Daemon.Jobs, ct: ct).ConfigureAwait(false);
         return await Args.Empty.ConfigureAwait(false);
     }
 
     public static async ValueTask<JsonElement> BlockdevSnapshotInternalSyncAsync(QmpCommandContext c, JsonElement args, CancellationToken ct)
     {
         var action = (InternalSnapshotAction)InternalAction(args);
-        await BlockTransaction.RunAsync(c.Daemon.Graph, [action], ct: ct).ConfigureAwait(false);
+        await BlockTransaction.RunAsync(c.Daemon.Graph, [action], jobs: c.Daemon.Jobs, ct: ct).ConfigureAwait(false);
         if (!action.NameGenerated)
             return await Args.Empty.ConfigureAwait(false);
         return Write(w => w.WriteString("name", action.Name));
