@@ -19,7 +19,10 @@ public sealed class BlkdebugNode : BlockNode
         _image = image;
         Rules = rules;
         ConfigFile = configFile;
-        _raw = new RawImage(new BlkdebugStorage(image.Storage, rules, FileNameOf(configFile, image), align));
+        // Over a protocol node (file, null-co, another blkdebug) the node's bytes are its storage's; over a format
+        // (qcow2), blkdebug forwards to the virtual disk the format shows.
+        var below = image.DriverImage is RawImage ? image.Storage : new GuestViewStorage(image);
+        _raw = new RawImage(new BlkdebugStorage(below, rules, FileNameOf(configFile, image), align));
     }
 
     public BlkdebugRules Rules { get; }
