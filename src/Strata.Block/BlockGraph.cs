@@ -14,7 +14,9 @@ public sealed class BlockGraph : IAsyncDisposable
 {
     private readonly List<BlockNode> _nodes = []; // in order of creation
     private readonly Dictionary<BlockNode, int> _batchOf = new(ReferenceEqualityComparer.Instance);
-    private readonly HashSet<BlockNode> _unowned = new(ReferenceEqualityComparer.Instance); // named, but not the monitor's (overlays)
+    // Created by blockdev-add or --blockdev: only blockdev-del closes them. Children opened with them (named or not),
+    // overlays and backup targets belong to their parents and go with their last user, as in QEMU.
+    private readonly HashSet<BlockNode> _owned = new(ReferenceEqualityComparer.Instance);
     private readonly HashSet<BlockNode> _headerBacking = new(ReferenceEqualityComparer.Instance); // backing opened from the header
     private int _batch;
     private int _autoNameCounter;
@@ -46,7 +48,9 @@ public sealed class BlockGraph : IAsyncDisposable
         _batch++;
         try
         {
-            return await OpenAsync(new BlockOptions(options, "", keyval), root: true, opened, ct).ConfigureAwait(false);
+            var node = await OpenAsync(new BlockOptions(options, "", keyval), root: true, opened, ct).ConfigureAwait(false);
+            _owned.Add(node);
+            return node;
         }
         catch
         {
@@ -274,7 +278,6 @@ public sealed class BlockGraph : IAsyncDisposable
         try
         {
             var node = await OpenAsync(new BlockOptions(options), root: false, opened, ct, inherited).ConfigureAwait(false);
-            _unowned.Add(node);
             return node;
         }
         catch
@@ -288,8 +291,8 @@ public sealed class BlockGraph : IAsyncDisposable
     /// <summary>Closes a node nobody uses any more (and its auto-named children), as QEMU's last bdrv_unref does.</summary>
     internal ValueTask RemoveUnusedAsync(BlockNode node) => RemoveNodeAsync(node);
 
-    /// <summary>Created by blockdev-add (or --blockdev) with a node-name: only blockdev-del closes it.</summary>
-    public bool IsOwned(BlockNode node) => !node.IsAutoNamed && !_unowned.Contains(node);
+    /// <summary>The root of a blockdev-add (or --blockdev), QEMU's monitor-owned node: only blockdev-del closes it.</summary>
+    public bool IsOwned(BlockNode node) => _owned.Contains(node);
 
     /// <summary>
     /// After a user (an export, a job) let go of <paramref name="node"/>: a node the monitor does not own and nobody
@@ -425,7 +428,6 @@ public sealed class BlockGraph : IAsyncDisposable
         node.NamingOrder = ++_namingCounter;
         _nodes.Add(node);
         _batchOf[node] = ++_batch;
-        _unowned.Add(node);
         return node;
     }
 
@@ -470,7 +472,6 @@ public sealed class BlockGraph : IAsyncDisposable
         }
         _nodes.Remove(node);
         _batchOf.Remove(node);
-        _unowned.Remove(node);
     }
 
     private string NextAutoName() => $"#block{_autoNameCounter++:D3}";
@@ -520,7 +521,7 @@ public sealed class BlockGraph : IAsyncDisposable
             _nodes.Remove(node);
             _batchOf.Remove(node);
             _headerBacking.Remove(node);
-            _unowned.Remove(node);
+            _owned.Remove(node);
         }
         foreach (var e in children)
             if (!IsOwned(e.Child) && e.Child.Parents.Count == 0)

@@ -37,6 +37,29 @@ public static partial class SnapshotSuite
             E("io bd read -P 0 40k 4k"),
             E("io bd discard 0 4k"),
         ]),
+        ["blkdebug above a qcow2 with a backing file: the virtual disk, rules in guest offsets, inline children go with it"] = Sc([
+            E(Caps), E(NbdStart),
+            E("""{"execute":"blockdev-add","arguments":{"driver":"blkdebug","node-name":"bd",""" +
+                """ "inject-error":[{"event":"none","iotype":"write","sector":2048,"errno":28}],""" +
+                """ "image":{"driver":"qcow2","node-name":"q","file":{"driver":"file","node-name":"qf","filename":"$D/b.qcow2"}}}}"""),
+            E(Export("e", "bd")),
+            E("io bd read -P 0x11 0 1M"),
+            E("io bd read -P 0 1M 3M"),
+            E("io bd write -P 5 512k 4k"),
+            E("io bd write -P 6 1M 4k"),
+            E("io bd write -P 6 1020k 8k"),
+            E("io bd write -P 7 2M 64k"),
+            E("io bd read -P 5 512k 4k"),
+            E("io bd read -P 0 1M 4k"),
+            E("io bd read -P 7 2M 64k"),
+            E("""{"execute":"blockdev-del","arguments":{"node-name":"q"}}"""),
+            E("""{"execute":"blockdev-del","arguments":{"node-name":"qf"}}"""),
+            E("""{"execute":"block-export-del","arguments":{"id":"e"}}"""),
+            E("""{"execute":"blockdev-del","arguments":{"node-name":"bd"}}"""),
+            E(FlatNodes),
+            E("img check b.qcow2"),
+            E("img compare -f qcow2 -F qcow2 b.qcow2 a.qcow2"),
+        ]),
         ["qcow2 over blkdebug: set-state moves the state, rules wait for theirs"] = Sc([
             E(Caps), E(NbdStart),
             E(AddBlkdebug("d", "$D/a.qcow2", ""","inject-error":[{"event":"write_aio","state":2,"iotype":"write","errno":28}]""" +

@@ -1,5 +1,6 @@
 using Strata.Images.Format;
 using Strata.Images.Raw;
+using Strata.Images.Storage;
 
 namespace Strata.Block.Drivers.Blkdebug;
 
@@ -19,10 +20,16 @@ public sealed class BlkdebugNode : BlockNode
         _image = image;
         Rules = rules;
         ConfigFile = configFile;
-        _raw = new RawImage(new BlkdebugStorage(image.Storage, rules, FileNameOf(configFile, image), align));
+        _raw = new RawImage(new BlkdebugStorage(BytesOf(image), rules, FileNameOf(configFile, image), align));
     }
 
     public BlkdebugRules Rules { get; }
+
+    /// <summary>
+    /// What blkdebug forwards to: over a protocol node (file, null-co, another blkdebug) its storage; over a format
+    /// (qcow2) the virtual disk the format shows, as QEMU's blkdebug passes requests to whatever node its image is.
+    /// </summary>
+    private static IStorage BytesOf(BlockNode image) => image.DriverImage is RawImage ? image.Storage : new GuestViewStorage(image);
 
     /// <summary>
     /// The options QEMU keeps in the node's name (its strong runtime options) in QEMU's order, lists flattened
@@ -87,7 +94,7 @@ public sealed class BlkdebugNode : BlockNode
         // QEMU's checks of the limits (QEMU_OPT_SIZE: negative numbers are huge).
         if (align != 0 && ((ulong)align >= int.MaxValue || (align & (align - 1)) != 0))
             throw new BlockException($"Cannot meet constraints with align {(ulong)align}");
-        long a = Math.Max(align, image.Storage.RequestAlignment);
+        long a = Math.Max(align, BytesOf(image).RequestAlignment);
         CheckLimit("max-transfer", maxTransfer, a);
         CheckLimit("opt-write-zero", optWriteZero, a);
         CheckLimit("max-write-zero", maxWriteZero, Math.Max(optWriteZero, a));
