@@ -67,7 +67,8 @@ public sealed partial class BackupDifferentialTests
         QemuTools.QemuImg("create", "-q", "-f", "qcow2", "-b", P("base.qcow2"), "-F", "qcow2", P("tb.qcow2")).EnsureSuccess();
         QemuTools.QemuImg("create", "-q", "-f", "qcow2", "-b", P("src.qcow2"), "-F", "qcow2", P("tn.qcow2")).EnsureSuccess();
         QemuTools.QemuImg("create", "-q", "-f", "qcow2", P("small.qcow2"), "4M").EnsureSuccess();
-        QemuTools.QemuImg("create", "-q", "-f", "raw", P("t.raw"), "8M").EnsureSuccess();
+        foreach (var t in new[] { "t.raw", "t1.raw", "t2.raw", "t3.raw" })
+            QemuTools.QemuImg("create", "-q", "-f", "raw", P(t), "8M").EnsureSuccess();
     }
 
     private static readonly Step[] Source = [E(Caps), Add("src", "src.qcow2")];
@@ -258,7 +259,9 @@ public sealed partial class BackupDifferentialTests
         ], [], AnyOffset: true),
     };
 
-    public static TheoryData<string> Scenarios => new(Script.Keys);
+    private static readonly Dictionary<string, Scenario> All = new(Script.Concat(PolicyScript()));
+
+    public static TheoryData<string> Scenarios => new(All.Keys);
 
     [GeneratedRegex("\"(offset|len)\": \\d+")]
     private static partial Regex Progress();
@@ -286,7 +289,7 @@ public sealed partial class BackupDifferentialTests
     [MemberData(nameof(Scenarios))]
     public async Task Strata_runs_backups_as_qemu_storage_daemon(string scenario)
     {
-        var s = Script[scenario];
+        var s = All[scenario];
         using var outDir = new TempDir("bkd");
         var checks = new StringBuilder();
         var qsd = QmpScript.RunAsync(Daemons.Qsd, s.Steps, null, Prepare, Dump(s.Targets, outDir.Path, "qsd", checks));
@@ -299,6 +302,10 @@ public sealed partial class BackupDifferentialTests
             actual = WithoutOffsets(actual);
         }
 
+        if (Environment.GetEnvironmentVariable("JOBSCEN_DUMP") is { } dumpDir)
+            foreach (var (who, t) in new[] { ("qsd", expected), ("strata", actual) })
+                File.WriteAllLines(Path.Combine(dumpDir, scenario.Replace(' ', '_').Replace('/', '_').Replace(',', '_') + "." + who),
+                    t.Answers.Select((a, i) => $"== {i} {s.Steps[i].Line}\n" + string.Join("\n", a)));
         var report = QmpDifferentialTests.Differences(s.Steps, expected, actual);
         report.Append(checks);
         foreach (var t in s.Targets)

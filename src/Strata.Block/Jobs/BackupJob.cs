@@ -260,6 +260,9 @@ public sealed class BackupJob : BlockJob
 
     protected override Task InFlightIo() => _copy.WhenIdle();
 
+    /// <summary>backup_set_speed: the copy sleeping for the old speed is kicked, whichever way the speed moved.</summary>
+    protected override void OnSpeedChanged(bool faster) => WakeFromSleep();
+
     protected override async Task RunAsync()
     {
         if (_sync == MirrorSyncMode.None)
@@ -320,6 +323,15 @@ public sealed class BackupJob : BlockJob
                 if (Speed > 0)
                 {
                     long delay = Pace(0);
+                    if (delay > 0 && _copy.CopyBitmap.DirtyBytes == 0)
+                    {
+                        // block_copy_dirty_clusters looks for work before it sleeps: with nothing left to start, the
+                        // pass ends as soon as its copies land.
+                        if (running.Count == 0)
+                            break;
+                        failure = await ReapOneAsync(running).ConfigureAwait(false);
+                        continue;
+                    }
                     if (delay > 0)
                     {
                         // Before a long sleep the copies in flight land first, so that the sleeping job can be paused or
