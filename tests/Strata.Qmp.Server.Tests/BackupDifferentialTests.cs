@@ -92,8 +92,8 @@ public sealed partial class BackupDifferentialTests
             Status("j", "pending"),
             QueryJobs,
             Cmd("block-job-dismiss", "\"id\":\"j\""),
+            // The job concludes before the reply (its events are part of it).
             Cmd("block-job-finalize", "\"id\":\"j\""),
-            Status("j", "concluded"),
             QueryJobs,
             Cmd("block-job-finalize", "\"id\":\"j\""),
             Cmd("block-job-dismiss", "\"id\":\"j\""),
@@ -302,10 +302,6 @@ public sealed partial class BackupDifferentialTests
             actual = WithoutOffsets(actual);
         }
 
-        if (Environment.GetEnvironmentVariable("JOBSCEN_DUMP") is { } dumpDir)
-            foreach (var (who, t) in new[] { ("qsd", expected), ("strata", actual) })
-                File.WriteAllLines(Path.Combine(dumpDir, scenario.Replace(' ', '_').Replace('/', '_').Replace(',', '_') + "." + who),
-                    t.Answers.Select((a, i) => $"== {i} {s.Steps[i].Line}\n" + string.Join("\n", a)));
         var report = QmpDifferentialTests.Differences(s.Steps, expected, actual);
         report.Append(checks);
         foreach (var t in s.Targets)

@@ -34,8 +34,11 @@ public sealed record BackupOptions
 /// </summary>
 public sealed class BackupJob : BlockJob
 {
-    /// <summary>Copy tasks in flight in the background pass (block-copy runs up to 64; two cores need far fewer).</summary>
-    private const int MaxWorkers = 8;
+    /// <summary>
+    /// Copy tasks in flight in the background pass: block-copy's default max-workers. As many as QEMU's, so that an error
+    /// stops the same copies (a call launches every task it may before the first failure is seen).
+    /// </summary>
+    private const int MaxWorkers = 64;
 
     private readonly BlockGraph _graph;
     private readonly BlockNode _source;
@@ -78,7 +81,10 @@ public sealed class BackupJob : BlockJob
     /// been paused since it began (a restarted block-copy call) or there is none (sync=none); a job still in its first
     /// call (even one sleeping for its speed) finishes after the reply.
     /// </summary>
-    public override bool StopsAtOnce => _copy.InFlightBytes == 0 && (_sync == MirrorSyncMode.None || _pausedInPass);
+    public override bool StopsAtOnce => _copy.InFlightBytes == 0 && (_sync == MirrorSyncMode.None || _pausedInPass) && !_stoppedOnError;
+
+    /// <summary>Paused by an error policy (stop): a cancel then lets a last block-copy call run first, as backup_loop does.</summary>
+    private volatile bool _stoppedOnError;
 
     private volatile bool _passStarted;
     private volatile bool _pausedInPass;
@@ -296,7 +302,15 @@ public sealed class BackupJob : BlockJob
             if (action == BlockErrorAction.Report)
                 throw new BlockException(ErrorMessage(f.Error), BlockErrorKind.Generic, f.Error);
             // stop: wait here until job-resume (or a cancel); ignore: go round again for what is left.
+            _stoppedOnError = action == BlockErrorAction.Stop;
             await PausePointAsync().ConfigureAwait(false);
+            if (_stoppedOnError && IsCancelled)
+            {
+                // backup_loop goes round once more after its pause point: the new block-copy call has started its tasks
+                // before the job sees the cancel, and the job ends once they have landed (after the cancel's reply).
+                await LastCallAsync().ConfigureAwait(false);
+            }
+            _stoppedOnError = false;
         }
 
         if (!IsCancelled)
@@ -388,6 +402,20 @@ public sealed class BackupJob : BlockJob
             }
         }
         return failure;
+    }
+
+    /// <summary>The tasks a block-copy call starts at once (all it may run together), waited for; failures no longer matter.</summary>
+    private async ValueTask LastCallAsync()
+    {
+        var running = new List<Task<(bool Ok, Exception? Error, bool IsRead)>>(MaxWorkers);
+        long cursor = 0;
+        while (running.Count < MaxWorkers && _copy.StartNext(cursor, CancellationToken.None) is { } next)
+        {
+            cursor = next.Next;
+            running.Add(next.Task);
+        }
+        foreach (var t in running)
+            await t.ConfigureAwait(false);
     }
 
     private long _nextNs;

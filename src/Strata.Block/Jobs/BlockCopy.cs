@@ -26,7 +26,8 @@ public sealed class BlockCopy
     private sealed class InFlight(long offset, long end)
     {
         public readonly long Offset = offset;
-        public readonly long End = end;
+        /// <summary>Where the task ends; shortened (under the gate) when its first extent is shorter than the claim.</summary>
+        public long End = end;
         public readonly TaskCompletionSource Done = new(TaskCreationOptions.RunContinuationsAsynchronously);
     }
 
@@ -123,6 +124,19 @@ public sealed class BlockCopy
         }
     }
 
+    /// <summary>
+    /// block_copy_task_shrink: a task covers one extent of the source (data, zeroes or unallocated), so that a failure
+    /// puts back only that extent; the rest of the claim is dirty again for the next task.
+    /// </summary>
+    private void Shrink(InFlight t, long end)
+    {
+        lock (_gate)
+        {
+            CopyBitmap.SetRange(end, t.End - end);
+            t.End = end;
+        }
+    }
+
     private void Finish(InFlight t, bool ok)
     {
         lock (_gate)
@@ -171,7 +185,11 @@ public sealed class BlockCopy
         var t = Claim(from, Length, _chunk);
         if (t is null)
             return null;
-        return (t.End, t.End - t.Offset, RunTaskAsync(t, ct));
+        var run = RunTaskAsync(t, ct);
+        long end;
+        lock (_gate)
+            end = t.End; // already cut to its extent when the status was at hand
+        return (end, end - t.Offset, run);
     }
 
     private async Task<(bool, Exception?, bool)> RunTaskAsync(InFlight t, CancellationToken ct)
@@ -184,6 +202,8 @@ public sealed class BlockCopy
             while (pos < t.End)
             {
                 var (kind, len) = await StatusAsync(pos, t.End - pos, ct).ConfigureAwait(false);
+                if (pos + len < t.End)
+                    Shrink(t, pos + len);
                 isRead = true;
                 switch (kind)
                 {

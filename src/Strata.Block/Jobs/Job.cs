@@ -544,6 +544,7 @@ public abstract class Job
         force = OnCancel(force);
         if (_userPaused)
         {
+            OnUserResume(); // job_cancel_async resumes a user-paused job as job-resume would (a block job's I/O status resets)
             _userPaused = false;
             _pauseCount--;
         }
