@@ -96,7 +96,10 @@ public sealed class BackupJob : BlockJob
     }
 
     /// <summary>Nothing to copy (an empty bitmap): the run ends without I/O, before the command's reply in QEMU.</summary>
-    public bool NothingToCopy => _sync != MirrorSyncMode.None && _copy.CopyBitmap.DirtyGranules == 0;
+    public bool NothingToCopy => _sync != MirrorSyncMode.None && !_copiedAny && _copy.CopyBitmap.DirtyGranules == 0;
+
+    /// <summary>The pass started a task: the bitmap was not empty, even once every cluster is claimed.</summary>
+    private volatile bool _copiedAny;
 
     public BlockNode Source => _source;
 
@@ -383,6 +386,7 @@ public sealed class BackupJob : BlockJob
                 }
 
                 var (end, bytes, task) = next.Value;
+                _copiedAny = true;
                 if (Speed > 0)
                     Pace(bytes);
                 cursor = end;
