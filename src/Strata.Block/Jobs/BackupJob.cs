@@ -369,7 +369,7 @@ public sealed class BackupJob : BlockJob
                         break;
                 }
 
-                var next = _copy.StartNext(cursor, CancellationToken.None);
+                var next = await _copy.StartNextAsync(cursor, CancellationToken.None).ConfigureAwait(false);
                 if (next is null)
                 {
                     if (running.Count > 0)
@@ -413,7 +413,7 @@ public sealed class BackupJob : BlockJob
     {
         var running = new List<Task<(bool Ok, Exception? Error, bool IsRead)>>(MaxWorkers);
         long cursor = 0;
-        while (running.Count < MaxWorkers && _copy.StartNext(cursor, CancellationToken.None) is { } next)
+        while (running.Count < MaxWorkers && await _copy.StartNextAsync(cursor, CancellationToken.None).ConfigureAwait(false) is { } next)
         {
             cursor = next.Next;
             running.Add(next.Task);

@@ -180,19 +180,29 @@ public sealed class BlockCopy
     /// The background pass: one task (at most <see cref="MaxChunk"/> bytes) from <paramref name="from"/> on: where it
     /// ends, its size and its run; null when nothing dirty is left after <paramref name="from"/>.
     /// </summary>
-    public (long Next, long Bytes, Task<(bool Ok, Exception? Error, bool IsRead)> Task)? StartNext(long from, CancellationToken ct)
+    public async ValueTask<(long Next, long Bytes, Task<(bool Ok, Exception? Error, bool IsRead)> Task)?> StartNextAsync(long from, CancellationToken ct)
     {
         var t = Claim(from, Length, _chunk);
         if (t is null)
             return null;
-        var run = RunTaskAsync(t, ct);
-        long end;
-        lock (_gate)
-            end = t.End; // already cut to its extent when the status was at hand
-        return (end, end - t.Offset, run);
+        // block_copy_dirty_clusters asks the block status before it starts a task and cuts the task to that extent, so
+        // the next task starts right after it.
+        (Extent Kind, long Length) first;
+        try
+        {
+            first = await StatusAsync(t.Offset, t.End - t.Offset, ct).ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is IOException or Strata.Images.ImageException or BlockException or NotSupportedException or ArgumentException)
+        {
+            Finish(t, ok: false);
+            return (t.End, t.End - t.Offset, Task.FromResult((false, (Exception?)e, true)));
+        }
+        if (t.Offset + first.Length < t.End)
+            Shrink(t, t.Offset + first.Length);
+        return (t.End, t.End - t.Offset, RunTaskAsync(t, ct, first));
     }
 
-    private async Task<(bool, Exception?, bool)> RunTaskAsync(InFlight t, CancellationToken ct)
+    private async Task<(bool, Exception?, bool)> RunTaskAsync(InFlight t, CancellationToken ct, (Extent Kind, long Length)? first = null)
     {
         bool isRead = true;
         byte[] buffer = ArrayPool<byte>.Shared.Rent(_chunk);
@@ -201,7 +211,8 @@ public sealed class BlockCopy
             long pos = t.Offset, skipped = 0;
             while (pos < t.End)
             {
-                var (kind, len) = await StatusAsync(pos, t.End - pos, ct).ConfigureAwait(false);
+                var (kind, len) = first ?? await StatusAsync(pos, t.End - pos, ct).ConfigureAwait(false);
+                first = null;
                 if (pos + len < t.End)
                     Shrink(t, pos + len);
                 isRead = true;
