@@ -1,5 +1,6 @@
 using Strata.Block.Jobs;
 using Strata.Images;
+using Strata.Images.Bitmaps;
 using Strata.Images.Format;
 using Strata.Images.Storage;
 
@@ -20,10 +21,32 @@ public sealed class CopyBeforeWriteNode : BlockNode
     {
         _source = source;
         Copy = copy;
-        _inner = new Passthrough(this, source, copy);
+        _inner = new Passthrough(this, source);
+        Access = new DirtyBitmap(source.Size, (uint)copy.ClusterSize);
+        Access.SetAll();
+        Done = new DirtyBitmap(source.Size, (uint)copy.ClusterSize);
     }
 
     public BlockCopy Copy { get; }
+
+    /// <summary>
+    /// The filter's own (anonymous, disabled) bitmaps as QEMU's cbw_open makes them, listed on the node by queries:
+    /// what a snapshot reader may still read (all of it, without snapshot-access), and what copy-before-write copied.
+    /// </summary>
+    public DirtyBitmap Access { get; }
+
+    /// <inheritdoc cref="Access"/>
+    public DirtyBitmap Done { get; }
+
+    /// <summary>cbw_do_copy_before_write: the clusters of a guest request, once copied, are marked done.</summary>
+    private async ValueTask CopyBeforeWriteAsync(long offset, long length, CancellationToken ct)
+    {
+        await Copy.CopyBeforeWriteAsync(offset, length, ct).ConfigureAwait(false);
+        long start = offset / Copy.ClusterSize * Copy.ClusterSize;
+        long end = Math.Min(Size, (offset + length + Copy.ClusterSize - 1) / Copy.ClusterSize * Copy.ClusterSize);
+        lock (Done)
+            Done.SetRange(start, end - start);
+    }
 
     /// <summary>While its users move over from the source, the filter lets them share the source as before.</summary>
     internal bool Appending { get; set; }
@@ -69,7 +92,7 @@ public sealed class CopyBeforeWriteNode : BlockNode
     }
 
     /// <summary>The filter's data path: reads as the source; changes copy the old data out first.</summary>
-    private sealed class Passthrough(CopyBeforeWriteNode node, BlockNode source, BlockCopy copy) : IImage
+    private sealed class Passthrough(CopyBeforeWriteNode node, BlockNode source) : IImage
     {
         public string FormatName => "copy-before-write";
         public string FileName => source.FileName;
@@ -86,19 +109,19 @@ public sealed class CopyBeforeWriteNode : BlockNode
 
         public async ValueTask WriteAsync(ReadOnlyMemory<byte> data, long offset, WriteFlags flags = WriteFlags.None, CancellationToken ct = default)
         {
-            await copy.CopyBeforeWriteAsync(offset, data.Length, ct).ConfigureAwait(false);
+            await node.CopyBeforeWriteAsync(offset, data.Length, ct).ConfigureAwait(false);
             await node.WriteTarget.WriteAsync(data, offset, flags, ct).ConfigureAwait(false);
         }
 
         public async ValueTask WriteZeroesAsync(long offset, long length, ZeroFlags flags = ZeroFlags.None, CancellationToken ct = default)
         {
-            await copy.CopyBeforeWriteAsync(offset, length, ct).ConfigureAwait(false);
+            await node.CopyBeforeWriteAsync(offset, length, ct).ConfigureAwait(false);
             await node.WriteTarget.WriteZeroesAsync(offset, length, flags, ct).ConfigureAwait(false);
         }
 
         public async ValueTask DiscardAsync(long offset, long length, CancellationToken ct = default)
         {
-            await copy.CopyBeforeWriteAsync(offset, length, ct).ConfigureAwait(false);
+            await node.CopyBeforeWriteAsync(offset, length, ct).ConfigureAwait(false);
             await node.WriteTarget.DiscardAsync(offset, length, ct).ConfigureAwait(false);
         }
 

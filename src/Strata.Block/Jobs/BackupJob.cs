@@ -34,8 +34,11 @@ public sealed record BackupOptions
 /// </summary>
 public sealed class BackupJob : BlockJob
 {
-    /// <summary>Copy tasks in flight in the background pass (block-copy runs up to 64; two cores need far fewer).</summary>
-    private const int MaxWorkers = 8;
+    /// <summary>
+    /// Copy tasks in flight in the background pass: block-copy's default max-workers. As many as QEMU's, so that an error
+    /// stops the same copies (a call launches every task it may before the first failure is seen).
+    /// </summary>
+    private const int MaxWorkers = 64;
 
     private readonly BlockGraph _graph;
     private readonly BlockNode _source;
@@ -78,7 +81,10 @@ public sealed class BackupJob : BlockJob
     /// been paused since it began (a restarted block-copy call) or there is none (sync=none); a job still in its first
     /// call (even one sleeping for its speed) finishes after the reply.
     /// </summary>
-    public override bool StopsAtOnce => _copy.InFlightBytes == 0 && (_sync == MirrorSyncMode.None || _pausedInPass);
+    public override bool StopsAtOnce => _copy.InFlightBytes == 0 && (_sync == MirrorSyncMode.None || _pausedInPass) && !_stoppedOnError;
+
+    /// <summary>Paused by an error policy (stop): a cancel then lets a last block-copy call run first, as backup_loop does.</summary>
+    private volatile bool _stoppedOnError;
 
     private volatile bool _passStarted;
     private volatile bool _pausedInPass;
@@ -90,7 +96,10 @@ public sealed class BackupJob : BlockJob
     }
 
     /// <summary>Nothing to copy (an empty bitmap): the run ends without I/O, before the command's reply in QEMU.</summary>
-    public bool NothingToCopy => _sync != MirrorSyncMode.None && _copy.CopyBitmap.DirtyGranules == 0;
+    public bool NothingToCopy => _sync != MirrorSyncMode.None && !_copiedAny && _copy.CopyBitmap.DirtyGranules == 0;
+
+    /// <summary>The pass started a task: the bitmap was not empty, even once every cluster is claimed.</summary>
+    private volatile bool _copiedAny;
 
     public BlockNode Source => _source;
 
@@ -260,6 +269,9 @@ public sealed class BackupJob : BlockJob
 
     protected override Task InFlightIo() => _copy.WhenIdle();
 
+    /// <summary>backup_set_speed: the copy sleeping for the old speed is kicked, whichever way the speed moved.</summary>
+    protected override void OnSpeedChanged(bool faster) => WakeFromSleep();
+
     protected override async Task RunAsync()
     {
         if (_sync == MirrorSyncMode.None)
@@ -293,7 +305,15 @@ public sealed class BackupJob : BlockJob
             if (action == BlockErrorAction.Report)
                 throw new BlockException(ErrorMessage(f.Error), BlockErrorKind.Generic, f.Error);
             // stop: wait here until job-resume (or a cancel); ignore: go round again for what is left.
+            _stoppedOnError = action == BlockErrorAction.Stop;
             await PausePointAsync().ConfigureAwait(false);
+            if (_stoppedOnError && IsCancelled)
+            {
+                // backup_loop goes round once more after its pause point: the new block-copy call has started its tasks
+                // before the job sees the cancel, and the job ends once they have landed (after the cancel's reply).
+                await LastCallAsync().ConfigureAwait(false);
+            }
+            _stoppedOnError = false;
         }
 
         if (!IsCancelled)
@@ -320,6 +340,15 @@ public sealed class BackupJob : BlockJob
                 if (Speed > 0)
                 {
                     long delay = Pace(0);
+                    if (delay > 0 && _copy.CopyBitmap.DirtyBytes == 0)
+                    {
+                        // block_copy_dirty_clusters looks for work before it sleeps: with nothing left to start, the
+                        // pass ends as soon as its copies land.
+                        if (running.Count == 0)
+                            break;
+                        failure = await ReapOneAsync(running).ConfigureAwait(false);
+                        continue;
+                    }
                     if (delay > 0)
                     {
                         // Before a long sleep the copies in flight land first, so that the sleeping job can be paused or
@@ -340,7 +369,7 @@ public sealed class BackupJob : BlockJob
                         break;
                 }
 
-                var next = _copy.StartNext(cursor, CancellationToken.None);
+                var next = await _copy.StartNextAsync(cursor, CancellationToken.None).ConfigureAwait(false);
                 if (next is null)
                 {
                     if (running.Count > 0)
@@ -357,6 +386,7 @@ public sealed class BackupJob : BlockJob
                 }
 
                 var (end, bytes, task) = next.Value;
+                _copiedAny = true;
                 if (Speed > 0)
                     Pace(bytes);
                 cursor = end;
@@ -376,6 +406,20 @@ public sealed class BackupJob : BlockJob
             }
         }
         return failure;
+    }
+
+    /// <summary>The tasks a block-copy call starts at once (all it may run together), waited for; failures no longer matter.</summary>
+    private async ValueTask LastCallAsync()
+    {
+        var running = new List<Task<(bool Ok, Exception? Error, bool IsRead)>>(MaxWorkers);
+        long cursor = 0;
+        while (running.Count < MaxWorkers && await _copy.StartNextAsync(cursor, CancellationToken.None).ConfigureAwait(false) is { } next)
+        {
+            cursor = next.Next;
+            running.Add(next.Task);
+        }
+        foreach (var t in running)
+            await t.ConfigureAwait(false);
     }
 
     private long _nextNs;

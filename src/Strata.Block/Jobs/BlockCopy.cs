@@ -26,7 +26,8 @@ public sealed class BlockCopy
     private sealed class InFlight(long offset, long end)
     {
         public readonly long Offset = offset;
-        public readonly long End = end;
+        /// <summary>Where the task ends; shortened (under the gate) when its first extent is shorter than the claim.</summary>
+        public long End = end;
         public readonly TaskCompletionSource Done = new(TaskCreationOptions.RunContinuationsAsynchronously);
     }
 
@@ -123,6 +124,19 @@ public sealed class BlockCopy
         }
     }
 
+    /// <summary>
+    /// block_copy_task_shrink: a task covers one extent of the source (data, zeroes or unallocated), so that a failure
+    /// puts back only that extent; the rest of the claim is dirty again for the next task.
+    /// </summary>
+    private void Shrink(InFlight t, long end)
+    {
+        lock (_gate)
+        {
+            CopyBitmap.SetRange(end, t.End - end);
+            t.End = end;
+        }
+    }
+
     private void Finish(InFlight t, bool ok)
     {
         lock (_gate)
@@ -166,15 +180,29 @@ public sealed class BlockCopy
     /// The background pass: one task (at most <see cref="MaxChunk"/> bytes) from <paramref name="from"/> on: where it
     /// ends, its size and its run; null when nothing dirty is left after <paramref name="from"/>.
     /// </summary>
-    public (long Next, long Bytes, Task<(bool Ok, Exception? Error, bool IsRead)> Task)? StartNext(long from, CancellationToken ct)
+    public async ValueTask<(long Next, long Bytes, Task<(bool Ok, Exception? Error, bool IsRead)> Task)?> StartNextAsync(long from, CancellationToken ct)
     {
         var t = Claim(from, Length, _chunk);
         if (t is null)
             return null;
-        return (t.End, t.End - t.Offset, RunTaskAsync(t, ct));
+        // block_copy_dirty_clusters asks the block status before it starts a task and cuts the task to that extent, so
+        // the next task starts right after it.
+        (Extent Kind, long Length) first;
+        try
+        {
+            first = await StatusAsync(t.Offset, t.End - t.Offset, ct).ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is IOException or Strata.Images.ImageException or BlockException or NotSupportedException or ArgumentException)
+        {
+            Finish(t, ok: false);
+            return (t.End, t.End - t.Offset, Task.FromResult((false, (Exception?)e, true)));
+        }
+        if (t.Offset + first.Length < t.End)
+            Shrink(t, t.Offset + first.Length);
+        return (t.End, t.End - t.Offset, RunTaskAsync(t, ct, first));
     }
 
-    private async Task<(bool, Exception?, bool)> RunTaskAsync(InFlight t, CancellationToken ct)
+    private async Task<(bool, Exception?, bool)> RunTaskAsync(InFlight t, CancellationToken ct, (Extent Kind, long Length)? first = null)
     {
         bool isRead = true;
         byte[] buffer = ArrayPool<byte>.Shared.Rent(_chunk);
@@ -183,7 +211,10 @@ public sealed class BlockCopy
             long pos = t.Offset, skipped = 0;
             while (pos < t.End)
             {
-                var (kind, len) = await StatusAsync(pos, t.End - pos, ct).ConfigureAwait(false);
+                var (kind, len) = first ?? await StatusAsync(pos, t.End - pos, ct).ConfigureAwait(false);
+                first = null;
+                if (pos + len < t.End)
+                    Shrink(t, pos + len);
                 isRead = true;
                 switch (kind)
                 {

@@ -292,6 +292,16 @@ public abstract class Job
         await PausePointAsync().ConfigureAwait(false);
     }
 
+    /// <summary>block_copy_kick: a job sleeping for its speed wakes to look at the new one (a paused job stays paused).</summary>
+    protected void WakeFromSleep()
+    {
+        lock (Lock)
+        {
+            if (_sleeping && !_atPause)
+                Enter();
+        }
+    }
+
     /// <summary>Wakes the run if it waits (job_enter).</summary>
     private void Enter()
     {
@@ -534,6 +544,7 @@ public abstract class Job
         force = OnCancel(force);
         if (_userPaused)
         {
+            OnUserResume(); // job_cancel_async resumes a user-paused job as job-resume would (a block job's I/O status resets)
             _userPaused = false;
             _pauseCount--;
         }
@@ -689,11 +700,9 @@ public abstract class Job
             }
         }
 
-        // Finalize the group once every run has ended; a job still running finishes this when it exits.
-        foreach (var other in txn.Jobs)
-            if (!JobTransitions.IsCompleted(other.Status))
-                return;
-        while (txn.Jobs.Count > 0)
+        // job_completed_txn_abort: the members are finalized newest first; one whose run has not ended yet is waited
+        // for (it finishes this when it exits), so the members before it are finalized already.
+        while (txn.Jobs.Count > 0 && JobTransitions.IsCompleted(txn.Jobs[0].Status))
             txn.Jobs[0].FinalizeSingle();
     }
 

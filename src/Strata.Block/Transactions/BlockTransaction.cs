@@ -70,18 +70,30 @@ public sealed class BlockTransaction
 
     private readonly List<Jobs.Job> _drainedJobs = [];
 
+    /// <summary>For each drained job, the last drain that reached it (the action's number): it resumes at that drain's end.</summary>
+    private readonly Dictionary<Jobs.Job, int> _lastDrain = new(ReferenceEqualityComparer.Instance);
+
+    private int _drains;
+
     /// <summary>
     /// An action drains a node (bdrv_drained_begin): the jobs working on it (<paramref name="jobs"/>) pause until the
     /// transaction ends.
     /// </summary>
     public async ValueTask DrainJobsAsync(IEnumerable<Jobs.Job> jobs)
     {
+        int drain = ++_drains;
         foreach (var j in jobs)
         {
-            if (_drainedJobs.Contains(j) || !j.IsActive)
+            if (_lastDrain.ContainsKey(j))
+            {
+                _lastDrain[j] = drain;
+                continue;
+            }
+            if (!j.IsActive)
                 continue;
             await j.DrainPauseAsync().ConfigureAwait(false);
             _drainedJobs.Add(j);
+            _lastDrain[j] = drain;
         }
     }
 
@@ -90,15 +102,22 @@ public sealed class BlockTransaction
     {
         job.Pause();
         _drainedJobs.Add(job);
+        _lastDrain[job] = _drains;
     }
 
-    /// <summary>bdrv_drained_end: the jobs nearest the drained nodes (the latest) go on first.</summary>
+    /// <summary>
+    /// bdrv_drained_end, action by action: a job goes on when the last drain that reached it ends; of the jobs one drain
+    /// frees, those nearest the drained node (the latest filters) go first.
+    /// </summary>
     private void ResumeDrainedJobs()
     {
-        for (int i = _drainedJobs.Count - 1; i >= 0; i--)
-            if (_drainedJobs[i].Status != global::Strata.Block.Jobs.JobStatus.Null)
-                _drainedJobs[i].Resume();
+        var order = _drainedJobs.Select((j, i) => (Job: j, Index: i))
+            .OrderBy(x => _lastDrain[x.Job]).ThenByDescending(x => x.Index).Select(x => x.Job).ToList();
+        foreach (var j in order)
+            if (j.Status != global::Strata.Block.Jobs.JobStatus.Null)
+                j.Resume();
         _drainedJobs.Clear();
+        _lastDrain.Clear();
     }
 
     private async ValueTask PrepareAllAsync(IReadOnlyList<ITransactionAction> actions, CancellationToken ct)

@@ -50,17 +50,28 @@ internal static class NodeInfo
             Image = image,
             Cache = new BlockdevCacheInfo { Writeback = true, Direct = node.Settings.Direct, NoFlush = node.Settings.NoFlush },
             WriteThreshold = 0,
-            DirtyBitmaps = DirtyBitmaps(node),
+            DirtyBitmaps = DirtyBitmaps(graph, node),
         };
     }
 
-    /// <summary>bdrv_query_dirty_bitmaps: the node's bitmaps newest first, no member when there are none.</summary>
-    private static List<BlockDirtyInfo>? DirtyBitmaps(BlockNode node)
+    /// <summary>
+    /// bdrv_query_dirty_bitmaps: the node's bitmaps newest first, no member when there are none. A backup's anonymous
+    /// bitmaps are listed too: block-copy's copy bitmap on the filter's file child, the filter's own two on the filter
+    /// (all made when the job started, so newer than the node's named ones).
+    /// </summary>
+    private static List<BlockDirtyInfo>? DirtyBitmaps(BlockGraph graph, BlockNode node)
     {
-        var all = node.DirtyBitmaps.All;
-        if (all.Count == 0)
-            return null;
-        return all.Select(b => new BlockDirtyInfo
+        var list = new List<BlockDirtyInfo>();
+        if (node is CopyBeforeWriteNode self)
+        {
+            list.Add(Internal(self.Access));
+            lock (self.Done)
+                list.Add(Internal(self.Done));
+        }
+        foreach (var cbw in graph.Nodes.OfType<CopyBeforeWriteNode>())
+            if (ReferenceEquals(cbw.FileChild, node))
+                list.Add(Internal(cbw.Copy.CopyBitmap));
+        list.AddRange(node.DirtyBitmaps.All.Select(b => new BlockDirtyInfo
         {
             Name = b.Name,
             Count = b.DirtyBytes,
@@ -69,8 +80,18 @@ internal static class NodeInfo
             Busy = b.Busy,
             Persistent = b.Persistent,
             Inconsistent = b.Inconsistent ? true : null,
-        }).ToList();
+        }));
+        return list.Count == 0 ? null : list;
     }
+
+    private static BlockDirtyInfo Internal(Strata.Images.Bitmaps.DirtyBitmap b) => new()
+    {
+        Count = b.DirtyBytes,
+        Granularity = b.Granularity,
+        Recording = false,
+        Busy = false,
+        Persistent = false,
+    };
 
     /// <summary>ImageInfo (bdrv_query_image_info): with the backing chain's images unless <paramref name="flat"/>.</summary>
     public static ImageInfo Image(BlockGraph graph, BlockNode node, bool flat,
@@ -113,6 +134,19 @@ internal static class NodeInfo
                     }),
                 Snapshots = Snapshots(q.Image.LoadedSnapshots),
                 BackingImage = !flat && node.BackingChild is { } b ? Image(graph, b, flat, directories) : null,
+            };
+        }
+
+        if (node is CopyBeforeWriteNode { FileChild: { } filtered })
+        {
+            // bdrv_get_info of a filter asks its filtered child; outside flat output the child's image follows as the
+            // filter's "backing-image" (bdrv_block_device_info walks filtered children as well as backing files).
+            var inner = Image(graph, filtered, flat, directories);
+            info = info with
+            {
+                ClusterSize = inner.ClusterSize,
+                DirtyFlag = inner.DirtyFlag,
+                BackingImage = flat ? null : inner,
             };
         }
 

@@ -108,10 +108,11 @@ public sealed class JobStateMachineTests
 
             case JobStatus.Aborting:
             {
-                // A failed job waits in "aborting" for the rest of its transaction to stop.
+                // A failed job waits in "aborting" while a newer member of its transaction is still stopping (QEMU
+                // finalizes the members newest first, waiting for each that still runs).
                 var txn = new JobTransaction();
-                var other = b.Start(new TestJob("other") { IgnoreCancel = true }, txn);
                 var j = b.Start(new TestJob("x") { FailWith = "boom" }, txn);
+                var other = b.Start(new TestJob("other") { IgnoreCancel = true }, txn);
                 j.Finish();
                 await JobBench.WaitForStatus(j, JobStatus.Aborting);
                 return (j, other.Finish);
