@@ -341,17 +341,28 @@ public abstract class Job
             Transition(JobStatus.Running);
         }
 
+        _startingThread = Environment.CurrentManagedThreadId;
         Run = RunEntryAsync();
-        if (Run.IsCompleted)
+        _startingThread = 0;
+        bool endedInline;
+        lock (Lock)
+            endedInline = _endedInline;
+        if (endedInline)
         {
-            // The run ended before waiting on anything: it completes now, inside the caller's turn of the main loop.
+            // The run ended before waiting on anything: it completes now, inside the caller's turn of the main loop
+            // (QEMU's job_exit runs before the reply then).
             Exit();
         }
         else
         {
+            // Also when the run, having waited, has ended on another thread by now: that is not decided by the clock.
             _ = ExitOnMainLoopAsync();
         }
     }
+
+    // The thread inside Start (0 outside it), and whether the run ended on it, i.e. without ever waiting.
+    private volatile int _startingThread;
+    private bool _endedInline;
 
     private async Task RunEntryAsync()
     {
@@ -373,6 +384,7 @@ public abstract class Job
         {
             _deferredToMainLoop = true;
             _busy = true;
+            _endedInline = _startingThread == Environment.CurrentManagedThreadId;
         }
     }
 
