@@ -317,7 +317,10 @@ public sealed class BackupJob : BlockJob
         }
 
         if (!IsCancelled)
+        {
+            await _writeback.ConfigureAwait(false);
             await _target.FlushAsync().ConfigureAwait(false);
+        }
     }
 
     /// <summary>The job's error text: QEMU reports the errno's strerror.</summary>
@@ -456,7 +459,26 @@ public sealed class BackupJob : BlockJob
         var done = any.Result;
         running.Remove(done);
         var r = done.Result;
+        if (r.Ok)
+            HintWriteback();
         return r.Ok ? null : (r.Error!, r.IsRead);
+    }
+
+    private const long WritebackStep = 64L << 20;
+    private long _hintedAt;
+    private Task _writeback = Task.CompletedTask;
+
+    /// <summary>
+    /// The target is flushed when the copy ends: every <see cref="WritebackStep"/> copied its writeback starts, so the
+    /// disk writes while the job copies and that flush finds little left (QEMU leaves it all to the flush).
+    /// </summary>
+    private void HintWriteback()
+    {
+        long done = CurrentProgress;
+        if (done - _hintedAt < WritebackStep || !_writeback.IsCompleted)
+            return;
+        _hintedAt = done;
+        _writeback = _target.Storage.StartWritebackAsync().AsTask();
     }
 
     // ---- completion ------------------------------------------------------------------------------------

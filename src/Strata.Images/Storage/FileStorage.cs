@@ -625,6 +625,15 @@ public sealed class FileStorage : IStorage
         return new ValueTask(Task.Run(_fdatasync, ct));
     }
 
+    /// <summary>sync_file_range(SYNC_FILE_RANGE_WRITE) over the whole file: starts writeback, waits for nothing durable.</summary>
+    public ValueTask StartWritebackAsync(CancellationToken ct = default)
+    {
+        if (_noFlush || IsReadOnly || _direct)
+            return ValueTask.CompletedTask;
+        // It may block while the device queue is full: a pool thread waits, not the caller.
+        return new ValueTask(Task.Run(() => LinuxNative.StartWriteback(_handle), ct));
+    }
+
     private void Fdatasync()
     {
         // Only changes completed before the call are known to be covered.

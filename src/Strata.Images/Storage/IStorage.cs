@@ -39,6 +39,13 @@ public interface IStorage : IAsyncDisposable
     /// <summary>Makes every completed write durable (fdatasync).</summary>
     ValueTask FlushAsync(CancellationToken ct = default);
 
+    /// <summary>
+    /// A hint that the writes so far will be flushed later: the storage may start writing them back now, so that the
+    /// flush finds less to do (a bulk copy overlaps its copying with the disk's writing). Durability still needs
+    /// <see cref="FlushAsync"/>.
+    /// </summary>
+    ValueTask StartWritebackAsync(CancellationToken ct = default) => ValueTask.CompletedTask;
+
     /// <summary>Truncates or extends the file. <paramref name="prealloc"/> allocates the extension.</summary>
     ValueTask SetLengthAsync(long length, Preallocation prealloc = Preallocation.Off, CancellationToken ct = default);
 

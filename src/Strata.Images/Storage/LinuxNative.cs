@@ -149,6 +149,19 @@ internal static unsafe partial class LinuxNative
         }
     }
 
+    private const uint SYNC_FILE_RANGE_WRITE = 2;
+
+    [LibraryImport(Libc, EntryPoint = "sync_file_range", SetLastError = true)]
+    private static partial int SysSyncFileRange(SafeFileHandle fd, long offset, long nbytes, uint flags);
+
+    /// <summary>Starts writeback of the file's dirty pages (a hint: errors are left to the next fdatasync).</summary>
+    internal static void StartWriteback(SafeFileHandle fd)
+    {
+        while (SysSyncFileRange(fd, 0, 0, SYNC_FILE_RANGE_WRITE) != 0 && Marshal.GetLastPInvokeError() == EINTR)
+        {
+        }
+    }
+
     internal static int Fdatasync(SafeFileHandle fd)
     {
         while (true)
