@@ -171,6 +171,18 @@ public sealed partial class BackupDifferentialTests
             Del("t1"), Del("t2"),
         ], [], AnyOffset: true),
 
+        ["snapshot commands pause a running backup"] = new([
+            // Each is a transaction of one action in QEMU: its drain pauses the job once, before the reply.
+            .. Source, Add("t1", "t1.qcow2"), Add("top", "top.qcow2"), Add("t3", "t3.qcow2"),
+            Backup("\"job-id\":\"a\",\"device\":\"src\",\"target\":\"t1\",\"sync\":\"full\",\"speed\":1"),
+            .. Settle("s"),
+            Cmd("blockdev-snapshot-sync", "\"node-name\":\"top\",\"snapshot-file\":\"$D/ov.qcow2\",\"snapshot-node-name\":\"ov\""),
+            Cmd("blockdev-snapshot-internal-sync", "\"device\":\"t3\",\"name\":\"sn\""),
+            Cmd("blockdev-snapshot-delete-internal-sync", "\"device\":\"t3\",\"name\":\"sn\""),
+            QueryJobs,
+            Cmd("block-job-cancel", "\"device\":\"a\""),
+        ], [], AnyOffset: true),
+
         ["grouped transaction with a cancelled member"] = new([
             .. Source, Add("t1", "t1.qcow2"), Add("t2", "t2.qcow2"), Add("top", "top.qcow2"), Add("t3", "t3.qcow2"),
             E("""{"execute":"transaction","arguments":{"actions":[{"type":"blockdev-backup","data":{"job-id":"fast","device":"src","target":"t1","sync":"full"}},{"type":"blockdev-backup","data":{"job-id":"slow","device":"src","target":"t2","sync":"full","speed":1}}],"properties":{"completion-mode":"grouped"}}}"""),
