@@ -342,7 +342,7 @@ public sealed class BackupJob : BlockJob
             {
                 if (Speed > 0)
                 {
-                    long delay = Pace(0);
+                    long delay = PaceNs(0);
                     if (delay > 0 && _copy.CopyBitmap.DirtyBytes == 0)
                     {
                         // block_copy_dirty_clusters looks for work before it sleeps: with nothing left to start, the
@@ -391,7 +391,7 @@ public sealed class BackupJob : BlockJob
                 var (end, bytes, task) = next.Value;
                 _copiedAny = true;
                 if (Speed > 0)
-                    Pace(bytes);
+                    PaceNs(bytes);
                 cursor = end;
                 running.Add(task);
                 while (running.Count >= MaxWorkers && failure is null && !IsCancelled)
@@ -423,27 +423,6 @@ public sealed class BackupJob : BlockJob
         }
         foreach (var t in running)
             await t.ConfigureAwait(false);
-    }
-
-    private long _nextNs;
-
-    /// <summary>
-    /// The pace the speed sets, in 100 ms slices as QEMU's rate limit: <paramref name="bytes"/> started now push the
-    /// next start back by bytes / speed; returns how long to wait before the next start. A late wake-up is made up
-    /// for (at most one slice ahead), so sleeps that overrun do not lower the average below the speed.
-    /// </summary>
-    private long Pace(long bytes)
-    {
-        long now = (long)(System.Diagnostics.Stopwatch.GetTimestamp() * (1e9 / System.Diagnostics.Stopwatch.Frequency));
-        long speed = Speed;
-        if (speed <= 0)
-            return 0;
-        lock (JobLock)
-        {
-            if (bytes > 0)
-                _nextNs = Math.Max(_nextNs, now - RateLimiter.DefaultSliceNs) + (long)(bytes * 1e9 / speed);
-            return Math.Max(0, _nextNs - now);
-        }
     }
 
     /// <summary>

@@ -17,7 +17,7 @@ public sealed record BlockJobSnapshot(string Type, string Device, long Len, long
     BlockIoStatus IoStatus, bool Ready, JobStatus Status, bool AutoFinalize, bool AutoDismiss, string? Error);
 
 /// <summary>
-/// A job that works on block nodes (QEMU's BlockJob, blockjob.c): a speed enforced by a <see cref="RateLimiter"/>,
+/// A job that works on block nodes (QEMU's BlockJob, blockjob.c): a speed enforced by <see cref="PaceNs"/>,
 /// error policies with BLOCK_JOB_ERROR and an I/O status, and the BLOCK_JOB_* events that the daemon derives from
 /// the job's events.
 /// </summary>
@@ -30,11 +30,27 @@ public abstract class BlockJob : Job
         : base(id, autoFinalize, autoDismiss)
     {
         _speed = speed;
-        Limiter.SetSpeed((ulong)speed);
     }
 
-    /// <summary>The job's rate limit; used only under <see cref="Job.JobLock"/>.</summary>
-    protected RateLimiter Limiter { get; } = new();
+    private long _nextNs;
+
+    /// <summary>
+    /// The pace the speed sets, in the 100 ms slices of QEMU's rate limit: <paramref name="bytes"/> started now push the
+    /// next start back by bytes / speed; returns how long to wait before the next start (0 when unlimited). A late
+    /// wake-up is made up for (at most one slice ahead), so sleeps that overrun do not lower the average below the speed.
+    /// </summary>
+    protected long PaceNs(long bytes)
+    {
+        long now = (long)(System.Diagnostics.Stopwatch.GetTimestamp() * (1e9 / System.Diagnostics.Stopwatch.Frequency));
+        lock (JobLock)
+        {
+            if (_speed <= 0)
+                return 0;
+            if (bytes > 0)
+                _nextNs = Math.Max(_nextNs, now - RateLimiter.DefaultSliceNs) + (long)(bytes * 1e9 / _speed);
+            return Math.Max(0, _nextNs - now);
+        }
+    }
 
     /// <summary>Bytes per second, 0 = unlimited.</summary>
     public long Speed { get { lock (JobLock) return _speed; } }
@@ -64,7 +80,6 @@ public abstract class BlockJob : Job
             CheckSpeed(speed);
             long old = _speed;
             _speed = speed;
-            Limiter.SetSpeed((ulong)speed);
             OnSpeedChanged(speed > old || speed == 0);
         }
     }
