@@ -277,6 +277,7 @@ public sealed class NbdServer : IAsyncDisposable
     }
 
     /// <summary>Clients in transmission on the export.</summary>
+    /// <summary>The clients attached to the export now (leaving ones included).</summary>
     public int GetClientCount(string name)
     {
         lock (_gate)
@@ -287,12 +288,37 @@ public sealed class NbdServer : IAsyncDisposable
     }
 
     /// <summary>
+    /// The clients using the export, once those that have already left have finished closing: QEMU's main loop deals
+    /// with a client's hang-up before a monitor command that came after it.
+    /// </summary>
+    public async Task<int> GetClientCountAsync(string name, CancellationToken ct = default)
+    {
+        await WaitForLeavingClientsAsync(name, ct).ConfigureAwait(false);
+        return GetClientCount(name);
+    }
+
+    private Task WaitForLeavingClientsAsync(string name, CancellationToken ct)
+    {
+        NbdConnection[] leaving;
+        lock (_gate)
+        {
+            var e = _exports.Find(x => x.Name == name);
+            if (e == null)
+                return Task.CompletedTask;
+            leaving = [.. _attached[e].Where(c => c.IsLeaving)];
+        }
+        return leaving.Length == 0 ? Task.CompletedTask : Task.WhenAll(leaving.Select(c => c.Completion)).WaitAsync(ct);
+    }
+
+    /// <summary>
     /// Withdraws an export. <see cref="NbdExportRemoveMode.Safe"/> refuses (<see cref="NbdExportInUseException"/>) while
     /// clients use it; <see cref="NbdExportRemoveMode.Hard"/> disconnects them. Either way, once this returns no request
     /// runs against the export's image any more and the caller may dispose it.
     /// </summary>
     public async Task RemoveExportAsync(string name, NbdExportRemoveMode mode = NbdExportRemoveMode.Safe, CancellationToken ct = default)
     {
+        if (mode == NbdExportRemoveMode.Safe)
+            await WaitForLeavingClientsAsync(name, ct).ConfigureAwait(false);
         List<NbdConnection> clients;
         lock (_gate)
         {

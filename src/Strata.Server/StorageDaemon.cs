@@ -238,7 +238,7 @@ public sealed class StorageDaemon : IAsyncDisposable
     public async ValueTask DeleteExportAsync(string id, bool hard = false, CancellationToken ct = default)
     {
         var export = _exports.Find(e => e.Id == id) ?? throw new BlockException($"Export '{id}' is not found");
-        if (!hard && _nbd != null && _nbd.GetClientCount(export.Nbd.Name) > 0)
+        if (!hard && _nbd != null && await _nbd.GetClientCountAsync(export.Nbd.Name, ct).ConfigureAwait(false) > 0)
             throw new BlockException($"export '{id}' still in use");
         await RemoveExportCoreAsync(export, hard, ct).ConfigureAwait(false);
     }

@@ -37,6 +37,14 @@ internal sealed partial class NbdConnection
     /// <summary>Completes when the connection is closed and nothing of it runs any more.</summary>
     public Task Completion => _completion.Task;
 
+    private volatile bool _leaving;
+
+    /// <summary>
+    /// The client is gone or going: its request loop has ended, or it has closed its socket and the loop is about to
+    /// see that. Such a connection closes without any help (its <see cref="Completion"/> follows soon).
+    /// </summary>
+    public bool IsLeaving => _leaving || _io.PeerHasClosed();
+
     /// <summary>The export in transmission, once negotiated.</summary>
     public NbdExport? Export => _export;
 
@@ -98,6 +106,8 @@ internal sealed partial class NbdConnection
         }
         finally
         {
+            // Before the socket can close: IsLeaving looks at it only while this is false.
+            _leaving = true;
             _ = CloseAsync();
         }
     }

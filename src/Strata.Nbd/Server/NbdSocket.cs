@@ -18,6 +18,9 @@ internal sealed unsafe partial class NbdSocket : IDisposable
     private const int MSG_NOSIGNAL = 0x4000;
     private const short POLLIN = 0x001;
     private const short POLLOUT = 0x004;
+    private const short POLLERR = 0x008;
+    private const short POLLHUP = 0x010;
+    private const short POLLRDHUP = 0x2000;
     private const int EINTR = 4;
     private const int EAGAIN = 11;
     private const int MaxIov = 64;
@@ -176,6 +179,13 @@ internal sealed unsafe partial class NbdSocket : IDisposable
             if (errno != EINTR)
                 throw Failure(errno);
         }
+    }
+
+    /// <summary>Whether the client has closed its end (what it sent before may still wait to be read).</summary>
+    public bool PeerHasClosed()
+    {
+        var pfd = new PollFd { Fd = _fd, Events = POLLRDHUP };
+        return poll(&pfd, 1, 0) > 0 && (pfd.Revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0;
     }
 
     private static IOException Failure(int errno)
