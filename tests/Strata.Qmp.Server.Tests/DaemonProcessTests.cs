@@ -8,7 +8,8 @@ namespace Strata.Qmp.Server.Tests;
 
 /// <summary>
 /// strata-daemon as a whole process: the README's embedded default from an empty folder, clean shutdown on SIGTERM and
-/// SIGINT (Ctrl-C), and fio's nbd engine writing and verifying through it for a minute.
+/// SIGINT (Ctrl-C), fio's nbd engine writing and verifying through it for a minute, and the NativeAOT binary users
+/// run.
 /// </summary>
 public sealed class DaemonProcessTests(ITestOutputHelper output)
 {
@@ -99,6 +100,51 @@ public sealed class DaemonProcessTests(ITestOutputHelper output)
         Assert.Equal(0, daemon.ExitCode);
         var check = QemuTools.QemuImg("check", image);
         Assert.True(check.ExitCode == 0, check.StdOut + check.StdErr);
+    }
+
+    /// <summary>
+    /// The published NativeAOT strata-daemon: the compile reports no trimming or AOT analysis warnings, the binary is
+    /// position-dependent (README, "Start-up and memory"), and it serves QMP (replies and errors) and a writable NBD
+    /// export, then shuts down on SIGTERM leaving a clean image with the data written.
+    /// </summary>
+    [Fact]
+    public async Task PublishedNativeBinary_WithoutAnalysisWarnings_ServesQmpAndNbd()
+    {
+        using var dir = new TempDir("aot-daemon");
+        string bin = dir.Combine("bin");
+        string log = NativeAotPublish.Run("src/Strata.Daemon", bin);
+        Assert.Empty(NativeAotPublish.AnalysisWarnings(log));
+        string exe = Path.Combine(bin, "strata-daemon");
+        Assert.True(NativeAotPublish.IsPositionDependent(exe), "strata-daemon is linked position-independent");
+
+        string image = dir.Combine("d.qcow2"), nbd = dir.Combine("nbd.sock"), qmp = dir.Combine("qmp.sock");
+        QemuTools.QemuImg("create", "-q", "-f", "qcow2", image, "64M").EnsureSuccess();
+        using var daemon = new BackgroundProcess(Psi(exe, dir.Path,
+        [
+            "--blockdev", $"driver=file,node-name=f0,filename={image}",
+            "--blockdev", "driver=qcow2,node-name=d0,file=f0",
+            "--nbd-server", $"addr.type=unix,addr.path={nbd}",
+            "--export", "type=nbd,id=e0,node-name=d0,name=d0,writable=on",
+            "--chardev", $"socket,id=m0,path={qmp},server=on,wait=off", "--monitor", "chardev=m0",
+        ]), "strata-daemon (NativeAOT)");
+        await WaitForSocketsAsync(daemon, nbd, qmp);
+
+        string replies = await QmpExchangeAsync(qmp, """{"execute":"qmp_capabilities"}""",
+            """{"execute":"query-named-block-nodes","arguments":{"flat":true}}""", """{"execute":"no-such-command","id":7}""");
+        Assert.Contains("\"node-name\": \"d0\"", replies, StringComparison.Ordinal);
+        Assert.Contains("\"class\": \"CommandNotFound\"", replies, StringComparison.Ordinal);
+        Assert.Contains("\"id\": 7", replies, StringComparison.Ordinal);
+
+        string uri = $"nbd+unix:///d0?socket={nbd}";
+        QemuTools.QemuIo("-f", "raw", "-c", "write -P 0x6b 1M 2M", "-c", "write -z 8M 1M", "-c", "flush", uri).EnsureSuccess();
+        var map = QemuTools.NbdInfo("--map", uri).EnsureSuccess();
+        Assert.Contains("data", map.StdOut, StringComparison.Ordinal);
+
+        await daemon.SignalAndWaitAsync("TERM");
+        Assert.Equal(0, daemon.ExitCode);
+        QemuTools.QemuImg("check", image).EnsureSuccess();
+        var read = QemuTools.QemuIo("-r", "-f", "qcow2", "-c", "read -P 0x6b 1M 2M", "-c", "read -P 0 8M 1M", image).EnsureSuccess();
+        Assert.DoesNotContain("Pattern verification failed", read.StdOut, StringComparison.Ordinal);
     }
 
     /// <summary>
