@@ -1,4 +1,6 @@
 using System.Text.Json.Nodes;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
 using Strata.Block.Drivers;
 using Strata.Block.Drivers.Blkdebug;
 using Strata.Images;
@@ -21,6 +23,12 @@ public sealed class BlockGraph : IAsyncDisposable
     private int _batch;
     private int _autoNameCounter;
     private long _namingCounter;
+
+    /// <summary>
+    /// Where the block layer reports what it cannot return as an error, such as a failed rollback step of a
+    /// transaction that already failed for another reason (QEMU's error_report).
+    /// </summary>
+    public ILogger Log { get; init; } = NullLogger.Instance;
 
     /// <summary>Nodes in creation order (children before the parents that were opened with them).</summary>
     public IReadOnlyList<BlockNode> Nodes => _nodes;

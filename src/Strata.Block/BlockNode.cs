@@ -397,13 +397,16 @@ public abstract class BlockNode : IImage, IBlockParent
 
     /// <summary>
     /// bdrv_set_dirty for nodes whose driver keeps no bitmaps of its own (a qcow2 image records its writes itself,
-    /// and its node's own set stays empty).
+    /// and its node's own set stays empty; a file node's storage tells it of every write, its parents' included).
     /// </summary>
     private void RecordWrite(long offset, long length)
     {
-        if (_ownBitmaps.HasEnabled)
+        if (!StorageRecordsWrites && _ownBitmaps.HasEnabled)
             _ownBitmaps.RecordWrite(offset, length);
     }
+
+    /// <summary>Whether the node's storage reports every write to its bitmaps itself (a file node).</summary>
+    private protected virtual bool StorageRecordsWrites => false;
 
     public ValueTask<BlockStatus> GetBlockStatusAsync(long offset, long length, CancellationToken ct = default) =>
         Inner.GetBlockStatusAsync(offset, length, ct);

@@ -27,6 +27,7 @@ public sealed class StorageDaemon : IAsyncDisposable
     {
         _loggers = loggers ?? NullLoggerFactory.Instance;
         _log = _loggers.CreateLogger("Strata.Server");
+        Graph = new BlockGraph { Log = _loggers.CreateLogger("Strata.Block") };
         Jobs = new JobRegistry(MainLoop);
         Jobs.Events.Raised += OnJobEvent;
     }
@@ -50,7 +51,7 @@ public sealed class StorageDaemon : IAsyncDisposable
         public void Dispose() => allowed.TrySetResult();
     }
 
-    public BlockGraph Graph { get; } = new();
+    public BlockGraph Graph { get; }
     public NbdServer? Nbd => _nbd;
     public IReadOnlyList<BlockExport> Exports => _exports;
 

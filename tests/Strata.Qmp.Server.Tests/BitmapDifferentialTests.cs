@@ -129,6 +129,25 @@ public static class BitmapSuite
             E(Nodes),
         ], []),
 
+        ["bitmaps on the file node under a qcow2 node: they see the format node's writes, metadata included, and grow with the file"] = new([
+            E(Caps), E(NbdStart),
+            E(Qcow2("d0", "c.qcow2", "f0")),
+            E(Add("f0", "fb")), E(Add("f0", "f4k", ",\"granularity\":4096")), E(Add("f0", "fd", ",\"disabled\":true")),
+            E(Add("d0", "db")),
+            E(Nodes),
+            E(Export("e0", "d0", "d0", true, """["db"]""")),
+            E("io d0 write -P 1 0 64k"), E("io d0 write -P 2 3M 8k"), E("io d0 write -z 2M 64k"), E("io d0 write -P 3 1M 1"),
+            E(Sha("f0", "fb")), E(Sha("f0", "f4k")), E(Sha("f0", "fd")), E(Sha("d0", "db")),
+            E(Nodes),
+            E(Cmd("block-export-del", """{"id":"e0"}""")),
+            E(Bm("clear", "f0", "fb")), E(Bm("enable", "f0", "fd")),
+            E(Cmd("block_resize", """{"node-name":"d0","size":8388608}""")),
+            E(Sha("f0", "fb")), E(Sha("f0", "f4k")), E(Sha("f0", "fd")),
+            E(Cmd("block_resize", """{"node-name":"f0","size":4194304}""")),
+            E(Sha("f0", "fb")), E(Sha("f0", "fd")),
+            E(Nodes),
+        ], []),
+
         ["exports of bitmaps: lookup down the backing chain, busy while exported, read-only refusals"] = new([
             E(Caps), E(NbdStart),
             E(Qcow2("base", "a.qcow2", extra: ",\"read-only\":true")),

@@ -5,8 +5,12 @@ using Strata.Images.Storage;
 
 namespace Strata.Block.Drivers;
 
-/// <summary>The "file" protocol driver: a host file, read and written as bytes.</summary>
-public sealed class FileNode : BlockNode
+/// <summary>
+/// The "file" protocol driver: a host file, read and written as bytes. Its dirty bitmaps see every write to the file,
+/// those of a format node above it included (metadata too), and grow with the file, as QEMU's
+/// bdrv_co_write_req_finish does for a protocol node.
+/// </summary>
+public sealed class FileNode : BlockNode, IStorageObserver
 {
     private readonly RawImage _image;
 
@@ -16,6 +20,31 @@ public sealed class FileNode : BlockNode
         _filename = filename;
         _storage = storage;
         _image = new RawImage(storage);
+        storage.Observer = this;
+    }
+
+    private protected override bool StorageRecordsWrites => true;
+
+    void IStorageObserver.Changing(long offset, long length, bool discard)
+    {
+        var bitmaps = DirtyBitmaps;
+        if (bitmaps.All.Count == 0)
+            return;
+        if (!discard)
+        {
+            // A write past the end extends the node, and its bitmaps with it (whole sectors, as bdrv_getlength).
+            long end = (offset + length + 511) / 512 * 512;
+            foreach (var b in bitmaps.All)
+                if (b.Size < end)
+                    b.Resize(end);
+        }
+        bitmaps.RecordWrite(offset, length);
+    }
+
+    void IStorageObserver.Resized(long length)
+    {
+        foreach (var b in DirtyBitmaps.All)
+            b.Resize((length + 511) / 512 * 512);
     }
 
     private readonly string _filename;

@@ -1,3 +1,4 @@
+using Microsoft.Extensions.Logging;
 using Strata.Block.Drivers;
 using Strata.Block.Transactions;
 using Strata.Images;
@@ -72,8 +73,8 @@ public sealed class InternalSnapshotAction(string device, string? name) : ITrans
             catch (Exception e) when (e is ImageException or IOException)
             {
                 // As QEMU: the transaction's own error is what the client gets; this one is only reported.
-                await Console.Error.WriteLineAsync(
-                    $"Failed to delete snapshot with id '{sn.Id}' and name '{sn.Name}' on device '' in abort: {e.Message}").ConfigureAwait(false);
+                tx.Graph.Log.LogError("Failed to delete snapshot with id '{Id}' and name '{Name}' on node '{Node}' in abort: {Message}",
+                    sn.Id, sn.Name, device, e.Message);
             }
         });
     }

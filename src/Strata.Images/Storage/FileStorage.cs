@@ -140,6 +140,9 @@ public sealed class FileStorage : IStorage
     /// <summary>QEMU's image locks on this open file: none are held until a user sets permissions.</summary>
     public ImageLock Lock { get; }
 
+    /// <summary>Told of every write, zeroing, discard and resize (the owning node's dirty bitmaps); null for none.</summary>
+    public IStorageObserver? Observer { get; set; }
+
     public bool IsReadOnly { get; }
 
     public int RequestAlignment => _alignment;
@@ -293,6 +296,7 @@ public sealed class FileStorage : IStorage
         ArgumentOutOfRangeException.ThrowIfNegative(offset);
         if (data.IsEmpty)
             return ValueTask.CompletedTask;
+        Observer?.Changing(offset, data.Length, discard: false);
         ValueTask write = WriteCoreAsync(data, offset, ct);
         if (!write.IsCompleted)
             return CountWhenDoneAsync(write);
@@ -320,6 +324,7 @@ public sealed class FileStorage : IStorage
         {
             ArgumentOutOfRangeException.ThrowIfNegative(offset);
             end = Math.Max(end, offset + data.Length);
+            Observer?.Changing(offset, data.Length, discard: false);
         }
         ReserveEnd(end);
         try
@@ -497,6 +502,7 @@ public sealed class FileStorage : IStorage
         if (length == 0)
             return ValueTask.CompletedTask;
         ct.ThrowIfCancellationRequested();
+        Observer?.Changing(offset, length, discard: false);
         return CountWhenDoneAsync(WriteZeroesCoreAsync(offset, length, mayUnmap, ct));
     }
 
@@ -538,6 +544,7 @@ public sealed class FileStorage : IStorage
             return ValueTask.CompletedTask;
         if (ct.IsCancellationRequested)
             return ValueTask.FromCanceled(ct);
+        Observer?.Changing(offset, length, discard: true);
         try
         {
             try
@@ -657,7 +664,13 @@ public sealed class FileStorage : IStorage
         ThrowIfReadOnly();
         ArgumentOutOfRangeException.ThrowIfNegative(length);
         ct.ThrowIfCancellationRequested();
-        return CountWhenDoneAsync(SetLengthCoreAsync(length, prealloc, ct));
+        return CountWhenDoneAsync(SetLengthAndTellAsync(length, prealloc, ct));
+    }
+
+    private async ValueTask SetLengthAndTellAsync(long length, Preallocation prealloc, CancellationToken ct)
+    {
+        await SetLengthCoreAsync(length, prealloc, ct).ConfigureAwait(false);
+        Observer?.Resized(length);
     }
 
     private async ValueTask SetLengthCoreAsync(long length, Preallocation prealloc, CancellationToken ct)

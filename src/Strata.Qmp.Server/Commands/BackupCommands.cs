@@ -65,17 +65,8 @@ internal static class BackupCommands
             ? b
             : throw new QmpException(new QmpError(QmpErrorClass.DeviceNotActive, $"Block job '{id}' not found"));
 
-    /// <summary>A verb, then whatever completing a job left to finish on the main loop (closing nodes).</summary>
-    private static async ValueTask<JsonElement> Verb(QmpCommandContext c, string id, Action<BlockJob> verb, bool settle = false)
-    {
-        var job = Find(c, id);
-        bool atOnce = job.StopsAtOnce;
-        verb(job);
-        if (settle && atOnce)
-            await c.Daemon.Jobs.SettleAsync(job).ConfigureAwait(false);
-        await c.Daemon.Jobs.RunDeferredAsync().ConfigureAwait(false);
-        return await Args.Empty.ConfigureAwait(false);
-    }
+    private static ValueTask<JsonElement> Verb(QmpCommandContext c, string id, Action<BlockJob> verb, bool settle = false) =>
+        JobCommands.RunVerbAsync(c, Find(c, id), verb, settle);
 
     public static ValueTask<JsonElement> SetSpeedAsync(QmpCommandContext c, JsonElement args, CancellationToken ct) =>
         Verb(c, args.ReqStr("device"), j => j.SetSpeed(args.Long("speed")!.Value));

@@ -37,10 +37,21 @@ internal static class JobCommands
         _ => throw new InvalidOperationException($"unknown job type {type}"),
     };
 
-    private static async ValueTask<JsonElement> Verb(QmpCommandContext c, JsonElement args, Action<Job> verb)
+    private static ValueTask<JsonElement> Verb(QmpCommandContext c, JsonElement args, Action<Job> verb) =>
+        RunVerbAsync(c, c.Daemon.Jobs.Get(args.ReqStr("id")), verb);
+
+    /// <summary>
+    /// A verb on <paramref name="job"/>, then what it left to finish before the reply: with <paramref name="settle"/>,
+    /// a block job with no I/O in flight stops at once and completes, as in QEMU; a job the verb completed (cancel,
+    /// finalize, dismiss) closes its nodes.
+    /// </summary>
+    internal static async ValueTask<JsonElement> RunVerbAsync<TJob>(QmpCommandContext c, TJob job, Action<TJob> verb, bool settle = false)
+        where TJob : Job
     {
-        verb(c.Daemon.Jobs.Get(args.ReqStr("id")));
-        // A verb that completed a job (cancel, finalize, dismiss) lets it close its nodes before the reply.
+        bool atOnce = settle && job is BlockJob { StopsAtOnce: true };
+        verb(job);
+        if (atOnce)
+            await c.Daemon.Jobs.SettleAsync(job).ConfigureAwait(false);
         await c.Daemon.Jobs.RunDeferredAsync().ConfigureAwait(false);
         return await Args.Empty.ConfigureAwait(false);
     }
@@ -52,17 +63,8 @@ internal static class JobCommands
         Verb(c, args, j => j.UserResume());
 
     /// <summary>job-cancel always forces (a mirror stops without pivoting).</summary>
-    public static async ValueTask<JsonElement> JobCancelAsync(QmpCommandContext c, JsonElement args, CancellationToken ct)
-    {
-        var job = c.Daemon.Jobs.Get(args.ReqStr("id"));
-        bool atOnce = job is BlockJob { StopsAtOnce: true };
-        job.UserCancel(force: true);
-        // A block job with no I/O in flight stops at once and completes before the reply, as in QEMU.
-        if (atOnce)
-            await c.Daemon.Jobs.SettleAsync(job).ConfigureAwait(false);
-        await c.Daemon.Jobs.RunDeferredAsync().ConfigureAwait(false);
-        return await Args.Empty.ConfigureAwait(false);
-    }
+    public static ValueTask<JsonElement> JobCancelAsync(QmpCommandContext c, JsonElement args, CancellationToken ct) =>
+        RunVerbAsync(c, c.Daemon.Jobs.Get(args.ReqStr("id")), j => j.UserCancel(force: true), settle: true);
 
     public static ValueTask<JsonElement> JobCompleteAsync(QmpCommandContext c, JsonElement args, CancellationToken ct) =>
         Verb(c, args, j => j.UserComplete());
