@@ -7,10 +7,7 @@ namespace Strata.Qmp.Server;
 public delegate ValueTask<JsonElement> QmpHandler(QmpCommandContext context, JsonElement arguments, CancellationToken ct);
 
 /// <summary>One command of the table: its name, QAPI argument and return types, and its handler.</summary>
-/// <param name="Boxed">
-/// The arguments go to the handler unchecked (blockdev-add: the block graph checks the options with QEMU's messages).
-/// </param>
-public sealed record QmpCommand(string Name, QapiObject Arguments, QapiType Returns, QmpHandler Handler, bool Boxed = false)
+public sealed record QmpCommand(string Name, QapiObject Arguments, QapiType Returns, QmpHandler Handler)
 {
     public bool AllowOob { get; init; }
 

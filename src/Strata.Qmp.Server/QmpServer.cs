@@ -184,11 +184,7 @@ public sealed class QmpServer : IAsyncDisposable
     /// </summary>
     internal async ValueTask<JsonElement> ExecuteAsync(QmpCommand command, QmpCommandContext context, JsonElement args, CancellationToken ct)
     {
-        if (!command.Boxed)
-        {
-            QapiVisitor.Check(command.Arguments, args);
-        }
-
+        QapiVisitor.Check(command.Arguments, args);
         return await command.Handler(context, args, ct).ConfigureAwait(false);
     }
 

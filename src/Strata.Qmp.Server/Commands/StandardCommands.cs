@@ -24,7 +24,7 @@ public static class StandardCommands
         t.Add(new("query-named-block-nodes", QmpTypes.QueryNamedBlockNodesArgs, new QapiArray(QmpTypes.BlockDeviceInfo),
             BlockCommands.QueryNamedBlockNodesAsync));
         t.Add(new("x-debug-query-block-graph", empty, QmpTypes.XDbgBlockGraph, BlockCommands.QueryBlockGraphAsync) { Features = ["unstable"] });
-        t.Add(new("blockdev-add", QmpTypes.BlockdevOptions, empty, BlockCommands.BlockdevAddAsync, Boxed: true));
+        t.Add(new("blockdev-add", QmpTypes.BlockdevOptions, empty, BlockCommands.BlockdevAddAsync));
         t.Add(new("blockdev-del", QmpTypes.BlockdevDelArgs, empty, BlockCommands.BlockdevDelAsync));
 
         // live external and internal snapshots, transactions

@@ -89,6 +89,13 @@ public sealed class QapiObject : QapiType
     public static QapiObject Empty { get; } = new("q_empty");
 }
 
+/// <summary>A type named before it is defined: a recursive reference (BlockdevRef's BlockdevOptions).</summary>
+public sealed class QapiRef(string name, Func<QapiType> target) : QapiType
+{
+    public override string Name { get; } = name;
+    public QapiType Target => target();
+}
+
 /// <summary>One of several types, chosen by the JSON type of the value.</summary>
 public sealed class QapiAlternate(string name, params QapiType[] members) : QapiType
 {

@@ -65,8 +65,10 @@ public static class QmpTypes
         Opt("size", Int), Opt("latency-ns", QapiBuiltin.UInt64), Opt("read-zeroes", Bool));
 
     /// <summary>BlockdevRef: a node name or inline options (the options are the graph's business).</summary>
-    private static readonly QapiAlternate BlockdevRef = new("BlockdevRef", new QapiObject("BlockdevOptions"), Str); // QEMU lists the definition first
-    private static readonly QapiAlternate BlockdevRefOrNull = new("BlockdevRefOrNull", new QapiObject("BlockdevOptions"), Str, QapiBuiltin.Null);
+    // Read when visited, after every static member is set.
+    private static readonly QapiRef BlockdevOptionsRef = new("BlockdevOptions", () => BlockdevOptions!);
+    private static readonly QapiAlternate BlockdevRef = new("BlockdevRef", BlockdevOptionsRef, Str); // QEMU lists the definition first
+    private static readonly QapiAlternate BlockdevRefOrNull = new("BlockdevRefOrNull", BlockdevOptionsRef, Str, QapiBuiltin.Null);
 
     private static readonly QapiObject BlockdevOptionsRaw = new("BlockdevOptionsRaw",
         Req("file", BlockdevRef), Opt("offset", Int), Opt("size", Int));
@@ -90,8 +92,9 @@ public static class QmpTypes
         Opt("take-child-perms", new QapiArray(BlockPermission)), Opt("unshare-child-perms", new QapiArray(BlockPermission)));
 
     /// <summary>
-    /// blockdev-add's arguments as introspected: the base members and the variants of the drivers Strata opens.
-    /// (The members themselves are checked by <see cref="Strata.Block.BlockGraph"/>, with QEMU's messages.)
+    /// blockdev-add's arguments: the base members and the variants of the drivers Strata opens. They are checked first,
+    /// as QEMU's visitor does before qmp_blockdev_add; what the types cannot say (a root node without node-name, a
+    /// duplicate name, an unsupported driver) <see cref="Strata.Block.BlockGraph"/> checks after, with QEMU's messages.
     /// </summary>
     public static QapiObject BlockdevOptions { get; } = new("BlockdevOptions",
         [Req("driver", BlockdevDriver), Opt("node-name", Str), Opt("discard", DiscardOptions), Opt("cache", CacheOptions),

@@ -94,6 +94,8 @@ public sealed class SchemaBuilder
     {
         switch (type)
         {
+            case QapiRef r:
+                return Use(r.Target);
             case QapiBuiltin b:
                 if (_builtins.Add(b.Name))
                 {
