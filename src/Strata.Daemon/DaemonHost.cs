@@ -101,7 +101,8 @@ internal sealed class DaemonHost
                     NbdAddress address = type switch
                     {
                         "unix" => new UnixNbdAddress(addr.RequireString("path")),
-                        "inet" => new InetNbdAddress(addr.RequireString("host"), int.Parse(addr.RequireString("port"), System.Globalization.CultureInfo.InvariantCulture)),
+                        "inet" => new InetNbdAddress(addr.RequireString("host"), addr.RequireString("port"), addr.GetBool("ipv4"), addr.GetBool("ipv6"),
+                            addr.GetBool("numeric") ?? false),
                         _ => throw new BlockException($"Parameter 'addr.type' does not accept value '{type}'"),
                     };
                     addr.GetBool("abstract");

@@ -81,4 +81,6 @@ public sealed record ExportRequest(string Id, string NodeName, string? Name = nu
 /// <summary>Where the NBD server listens (nbd-server-start's addr).</summary>
 public abstract record NbdAddress;
 public sealed record UnixNbdAddress(string Path) : NbdAddress;
-public sealed record InetNbdAddress(string Host, int Port) : NbdAddress;
+/// <param name="Port">A number or a service name, as getaddrinfo takes it.</param>
+/// <param name="Ipv4">QEMU's ipv4/ipv6 options: with one of them off, only the other family is used.</param>
+public sealed record InetNbdAddress(string Host, string Port, bool? Ipv4 = null, bool? Ipv6 = null, bool Numeric = false) : NbdAddress;

@@ -110,28 +110,33 @@ public sealed class StorageDaemon : IAsyncDisposable
     {
         if (_nbd != null)
             throw new BlockException("NBD server already running");
-        var server = new NbdServer(new NbdServerOptions { MaxConnections = maxConnections, AcceptAfter = _clientsAllowed }, _loggers.CreateLogger("Strata.Nbd"));
-        try
+        // An inet address may resolve to several; as QEMU, the server listens on the first one it can bind.
+        IReadOnlyList<IPEndPoint?> candidates = address is InetNbdAddress i
+            ? [.. InetListenAddress.Resolve(i.Host, i.Port, i.Ipv4, i.Ipv6, i.Numeric)]
+            : [null];
+        SocketException? failure = null;
+        foreach (var endPoint in candidates)
         {
-            switch (address)
+            var server = new NbdServer(new NbdServerOptions { MaxConnections = maxConnections, AcceptAfter = _clientsAllowed }, _loggers.CreateLogger("Strata.Nbd"));
+            try
             {
-                case UnixNbdAddress u:
-                    server.AddUnixListener(u.Path);
-                    break;
-                case InetNbdAddress i:
-                    var ips = IPAddress.TryParse(i.Host, out var ip) ? [ip] : await Dns.GetHostAddressesAsync(i.Host, ct).ConfigureAwait(false);
-                    server.AddTcpListener(new IPEndPoint(ips[0], i.Port));
-                    break;
+                if (endPoint is null)
+                    server.AddUnixListener(((UnixNbdAddress)address).Path);
+                else
+                    server.AddTcpListener(endPoint);
+                await server.StartAsync(ct).ConfigureAwait(false);
             }
-            await server.StartAsync(ct).ConfigureAwait(false);
+            catch (SocketException e)
+            {
+                await server.DisposeAsync().ConfigureAwait(false);
+                failure = e;
+                continue;
+            }
+            _nbd = server;
+            _log.LogInformation("NBD server listening on {Address}", endPoint?.ToString() ?? ((UnixNbdAddress)address).Path);
+            return;
         }
-        catch (SocketException e)
-        {
-            await server.DisposeAsync().ConfigureAwait(false);
-            throw new BlockException($"Failed to bind socket: {e.Message}");
-        }
-        _nbd = server;
-        _log.LogInformation("NBD server listening on {Address}", address);
+        throw new BlockException($"Failed to bind socket: {failure?.Message}");
     }
 
     public async ValueTask StopNbdServerAsync(CancellationToken ct = default)

@@ -20,7 +20,7 @@ internal static class ExportCommands
         NbdAddress address = addr.ReqStr("type") switch
         {
             "unix" => new UnixNbdAddress(data.ReqStr("path")),
-            "inet" => new InetNbdAddress(data.ReqStr("host"), ParsePort(data.ReqStr("port"))),
+            "inet" => new InetNbdAddress(data.ReqStr("host"), data.ReqStr("port"), data.Bool("ipv4"), data.Bool("ipv6"), data.Bool("numeric") ?? false),
             var t => throw new BlockException($"strata-daemon does not support {t} socket addresses"),
         };
         if (args.Str("tls-creds") is not null || args.Str("tls-authz") is not null)
@@ -31,11 +31,6 @@ internal static class ExportCommands
         await c.Daemon.StartNbdServerAsync(address, (int)(args.ULong("max-connections") ?? 0), ct).ConfigureAwait(false);
         return await Args.Empty.ConfigureAwait(false);
     }
-
-    private static int ParsePort(string port) =>
-        int.TryParse(port, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var p) && p <= 65535
-            ? p
-            : throw new BlockException($"Failed to parse port '{port}'"); // strata-daemon takes numeric ports only
 
     public static async ValueTask<JsonElement> NbdServerStopAsync(QmpCommandContext c, JsonElement args, CancellationToken ct)
     {
