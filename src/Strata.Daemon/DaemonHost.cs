@@ -25,6 +25,27 @@ internal sealed class DaemonHost
 
     public void RequestStop() => _stop.TrySetResult();
 
+    /// <summary>qemu_write_pidfile, with its message when the file cannot be created.</summary>
+    private static async Task<bool> TryWritePidFileAsync(string path)
+    {
+        try
+        {
+            await File.WriteAllTextAsync(path, $"{Environment.ProcessId}\n").ConfigureAwait(false);
+            return true;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            string reason = e switch
+            {
+                DirectoryNotFoundException or FileNotFoundException => "No such file or directory",
+                UnauthorizedAccessException => "Permission denied",
+                _ => e.Message,
+            };
+            Console.Error.WriteLine($"strata-daemon: cannot create PID file: Could not create '{path}': {reason}");
+            return false;
+        }
+    }
+
     public async Task<int> RunAsync()
     {
         await using var daemon = new StorageDaemon(_loggers);
@@ -48,8 +69,15 @@ internal sealed class DaemonHost
             return 1;
         }
 
-        if (_cl.PidFile != null)
-            await File.WriteAllTextAsync(_cl.PidFile, $"{Environment.ProcessId}\n").ConfigureAwait(false);
+        if (_cl.PidFile != null && !await TryWritePidFileAsync(_cl.PidFile).ConfigureAwait(false))
+        {
+            await daemon.ShutdownAsync().ConfigureAwait(false);
+            if (_monitors != null)
+                await _monitors.DisposeAsync().ConfigureAwait(false);
+            foreach (var s in _socketsToRemove)
+                TryDelete(s);
+            return 1;
+        }
 
         using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, Stop);
         using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, Stop);
@@ -112,6 +140,8 @@ internal sealed class DaemonHost
                     addr.GetBool("ipv6");
                     addr.EnsureAllRead();
                     long max = o.GetInt("max-connections") ?? 0;
+                    if (max is < 0 or > uint.MaxValue)
+                        throw new BlockException("Parameter 'max-connections' expects uint32_t");
                     if (o.GetString("tls-creds") != null || o.GetString("tls-authz") != null)
                         throw new BlockException("TLS is not supported by strata-daemon");
                     o.EnsureAllRead();
@@ -144,6 +174,8 @@ internal sealed class DaemonHost
                 case MonitorOption m:
                     if (!chardevs.TryGetValue(m.Chardev, out var dev))
                         throw new BlockException($"chardev \"{m.Chardev}\" not found");
+                    if (m.Readline)
+                        throw new BlockException("Only QMP is supported");
                     StartMonitor(daemon, dev, m);
                     break;
                 case ObjectOption:

@@ -7,7 +7,8 @@ namespace Strata.Daemon.Cli;
 public abstract record DaemonOption(string Text);
 public sealed record BlockdevOption(string Text, JsonObject Options, bool Keyval) : DaemonOption(Text);
 public sealed record ChardevOption(string Text, string Id, string? Path, string? Host, int? Port, bool Server, bool Wait) : DaemonOption(Text);
-public sealed record MonitorOption(string Text, string Chardev, bool Pretty) : DaemonOption(Text);
+/// <param name="Readline">mode=readline (HMP): refused once the chardev is found, as qsd does ("Only QMP is supported").</param>
+public sealed record MonitorOption(string Text, string Chardev, bool Pretty, bool Readline = false) : DaemonOption(Text);
 public sealed record NbdServerOption(string Text, JsonObject Options) : DaemonOption(Text);
 public sealed record ExportOption(string Text, JsonObject Options, bool Keyval) : DaemonOption(Text);
 public sealed record ObjectOption(string Text, JsonObject Options) : DaemonOption(Text);
@@ -28,6 +29,17 @@ public sealed class DaemonCommandLine
     public bool Help { get; private set; }
     public bool Version { get; private set; }
     public string? LogLevel { get; private set; }
+
+    /// <summary>QEMU 7.2's ObjectType: what --object accepts (Strata creates none of them; they are checked and ignored).</summary>
+    private static readonly HashSet<string> ObjectTypes =
+    [
+        "authz-list", "authz-listfile", "authz-pam", "authz-simple", "can-bus", "can-host-socketcan", "colo-compare", "cryptodev-backend",
+        "cryptodev-backend-builtin", "cryptodev-backend-lkcf", "cryptodev-vhost-user", "dbus-vmstate", "filter-buffer", "filter-dump",
+        "filter-mirror", "filter-redirector", "filter-replay", "filter-rewriter", "input-barrier", "input-linux", "iothread", "main-loop",
+        "memory-backend-epc", "memory-backend-file", "memory-backend-memfd", "memory-backend-ram", "pef-guest", "pr-manager-helper", "qtest",
+        "rng-builtin", "rng-egd", "rng-random", "secret", "secret_keyring", "sev-guest", "thread-context", "s390-pv-guest", "throttle-group",
+        "tls-creds-anon", "tls-creds-psk", "tls-creds-x509", "tls-cipher-suites", "x-remote-object", "x-vfio-user-server",
+    ];
 
     public static DaemonCommandLine Parse(IReadOnlyList<string> args)
     {
@@ -64,8 +76,9 @@ public sealed class DaemonCommandLine
             {
                 switch (name)
                 {
-                    case "h" or "help": cl.Help = true; break;
-                    case "V" or "version": cl.Version = true; break;
+                    // qsd acts on these as soon as it reads them, ignoring whatever follows.
+                    case "h" or "help": cl.Help = true; return cl;
+                    case "V" or "version": cl.Version = true; return cl;
                     case "daemonize": cl.Daemonize = true; break;
                     case "pidfile": cl.PidFile = value; break;
                     case "T" or "trace": break; // tracing is QEMU-specific; accepted and ignored
@@ -86,8 +99,16 @@ public sealed class DaemonCommandLine
                         cl.Options.Add(new NbdServerOption(text, Keyval.ParseOption(value!, null).Options));
                         break;
                     case "object":
-                        cl.Options.Add(new ObjectOption(text, Keyval.ParseOption(value!, "qom-type").Options));
+                    {
+                        var o = Keyval.ParseOption(value!, "qom-type").Options;
+                        var opts = new BlockOptions(o, "", keyval: true);
+                        string type = opts.RequireString("qom-type");
+                        if (!ObjectTypes.Contains(type))
+                            throw new CommandLineException($"{text}: Parameter 'qom-type' does not accept value '{type}'");
+                        opts.RequireString("id");
+                        cl.Options.Add(new ObjectOption(text, o));
                         break;
+                    }
                     case "chardev":
                         cl.Options.Add(ParseChardev(text, Keyval.Parse(value!, "backend")));
                         break;
@@ -97,12 +118,12 @@ public sealed class DaemonCommandLine
                         var opts = new BlockOptions(o, "", keyval: true);
                         string chardev = opts.RequireString("chardev");
                         string mode = opts.GetString("mode") ?? "control";
-                        if (mode != "control")
-                            throw new CommandLineException($"Parameter 'mode' does not accept value '{mode}'");
+                        if (mode is not ("control" or "readline"))
+                            throw new CommandLineException($"{text}: Parameter 'mode' does not accept value '{mode}'");
                         bool pretty = opts.GetBool("pretty") ?? false;
                         opts.GetString("id");
                         opts.EnsureAllRead();
-                        cl.Options.Add(new MonitorOption(text, chardev, pretty));
+                        cl.Options.Add(new MonitorOption(text, chardev, pretty, mode == "readline"));
                         break;
                     }
                     default:
@@ -133,7 +154,7 @@ public sealed class DaemonCommandLine
         string backend = opts.RequireString("backend");
         if (backend != "socket")
             throw new CommandLineException($"{text}: chardev backend '{backend}' is not supported (use socket)");
-        string id = opts.GetString("id") ?? throw new CommandLineException($"{text}: chardev: \"id\" must be specified");
+        string id = opts.GetString("id") ?? throw new CommandLineException($"{text}: chardev: no id specified");
         string? path = opts.GetString("path");
         string? host = opts.GetString("host");
         long? port = opts.GetInt("port");
@@ -142,8 +163,11 @@ public sealed class DaemonCommandLine
         opts.GetBool("telnet");
         opts.GetBool("nodelay");
         opts.EnsureAllRead();
+        // qemu_chr_parse_socket: a path, else a host and its port, else a file descriptor (fd=, not supported here).
+        if (path == null && host == null)
+            throw new CommandLineException($"{text}: Unable to parse FD number "); // QEMU's message, trailing space included
         if (path == null && port == null)
-            throw new CommandLineException($"{text}: chardev: socket: no host given");
+            throw new CommandLineException($"{text}: chardev: socket: no port given");
         if (!server)
             throw new CommandLineException($"{text}: only server=on chardevs can carry a monitor in strata-daemon");
         return new ChardevOption(text, id, path, host, (int?)port, server, wait);

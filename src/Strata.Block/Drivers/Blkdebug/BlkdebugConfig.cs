@@ -104,7 +104,7 @@ public static class BlkdebugConfig
         var node = o.GetNode(key);
         if (node == null)
             return;
-        var arr = AsList(node, o.Keyval) ?? throw new BlockException($"Invalid parameter type for '{o.Prefix}{key}', expected: array");
+        var arr = AsList(node, o.Keyval, o.Prefix + key) ?? throw new BlockException($"Invalid parameter type for '{o.Prefix}{key}', expected: array");
         for (int i = 0; i < arr.Count; i++)
         {
             string where = $"{key}[{i}]";
@@ -146,20 +146,27 @@ public static class BlkdebugConfig
 
     /// <summary>
     /// A list option: a JSON array, or in key=value form (--blockdev inject-error.0.event=...) an object whose keys are
-    /// 0, 1, 2, ... as QEMU's keyval makes a list of it.
+    /// 0, 1, 2, ... as QEMU's keyval makes a list of it; an index left out is "Parameter 'NAME.I' missing".
     /// </summary>
-    internal static IReadOnlyList<JsonNode?>? AsList(JsonNode node, bool keyval)
+    internal static IReadOnlyList<JsonNode?>? AsList(JsonNode node, bool keyval, string name)
     {
         if (node is JsonArray arr)
             return [.. arr];
         if (!keyval || node is not JsonObject obj)
             return null;
-        var list = new JsonNode?[obj.Count];
+        var indexes = new SortedDictionary<long, JsonNode?>();
         foreach (var (k, v) in obj)
         {
-            if (!int.TryParse(k, NumberStyles.None, CultureInfo.InvariantCulture, out int i) || i >= list.Length || list[i] != null)
+            if (!long.TryParse(k, NumberStyles.None, CultureInfo.InvariantCulture, out long i))
                 return null;
-            list[i] = v;
+            indexes[i] = v;
+        }
+        var list = new List<JsonNode?>(indexes.Count);
+        foreach (var (i, v) in indexes)
+        {
+            if (i != list.Count)
+                throw new BlockException($"Parameter '{name}.{list.Count}' missing");
+            list.Add(v);
         }
         return list;
     }

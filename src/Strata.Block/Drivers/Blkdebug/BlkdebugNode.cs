@@ -44,7 +44,7 @@ public sealed class BlkdebugNode : BlockNode
         {
             if (!raw.TryGetPropertyValue(key, out var v) || v == null)
                 continue;
-            if (BlkdebugConfig.AsList(v, keyval: true) is { } arr)
+            if (BlkdebugConfig.AsList(v, keyval: true, key) is { } arr)
             {
                 for (int i = 0; i < arr.Count; i++)
                     if (arr[i] is System.Text.Json.Nodes.JsonObject item)
@@ -149,7 +149,7 @@ public sealed class BlkdebugNode : BlockNode
         var node = o.GetNode(key);
         if (node == null)
             return result;
-        var arr = BlkdebugConfig.AsList(node, o.Keyval) ?? throw new BlockException($"Invalid parameter type for '{o.Prefix}{key}', expected: array");
+        var arr = BlkdebugConfig.AsList(node, o.Keyval, o.Prefix + key) ?? throw new BlockException($"Invalid parameter type for '{o.Prefix}{key}', expected: array");
         for (int i = 0; i < arr.Count; i++)
         {
             string? s = arr[i] is System.Text.Json.Nodes.JsonValue v && v.TryGetValue<string>(out var t) ? t : null;
