@@ -408,6 +408,9 @@ public abstract class BlockNode : IImage, IBlockParent
     /// <summary>Whether the node's storage reports every write to its bitmaps itself (a file node).</summary>
     private protected virtual bool StorageRecordsWrites => false;
 
+    /// <summary>A length in whole 512-byte sectors, rounded up, as QEMU counts a node's (bdrv_getlength).</summary>
+    public static long WholeSectors(long bytes) => (bytes + 511) / 512 * 512;
+
     public ValueTask<BlockStatus> GetBlockStatusAsync(long offset, long length, CancellationToken ct = default) =>
         Inner.GetBlockStatusAsync(offset, length, ct);
 
@@ -417,7 +420,7 @@ public abstract class BlockNode : IImage, IBlockParent
         await Inner.ResizeAsync(newSize, allowShrink, prealloc, ct).ConfigureAwait(false);
         // bdrv_dirty_bitmap_truncate for the node's own bitmaps (a qcow2 image resizes its own); whole sectors, as bdrv_getlength.
         foreach (var b in _ownBitmaps.All)
-            b.Resize((Size + 511) / 512 * 512);
+            b.Resize(WholeSectors(Size));
     }
 
     public override string ToString() => $"{Driver} node '{NodeName}'";

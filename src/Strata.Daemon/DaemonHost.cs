@@ -69,30 +69,25 @@ internal sealed class DaemonHost
             return 1;
         }
 
-        if (_cl.PidFile != null && !await TryWritePidFileAsync(_cl.PidFile).ConfigureAwait(false))
+        // Without its PID file the daemon does not run, but still closes what the command line opened.
+        bool started = _cl.PidFile == null || await TryWritePidFileAsync(_cl.PidFile).ConfigureAwait(false);
+        if (started)
         {
-            await daemon.ShutdownAsync().ConfigureAwait(false);
-            if (_monitors != null)
-                await _monitors.DisposeAsync().ConfigureAwait(false);
-            foreach (var s in _socketsToRemove)
-                TryDelete(s);
-            return 1;
+            using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, Stop);
+            using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, Stop);
+            _log.LogInformation("strata-daemon ready");
+            await _stop.Task.ConfigureAwait(false);
+            _log.LogInformation("Shutting down: draining exports, flushing and closing images");
         }
 
-        using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, Stop);
-        using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, Stop);
-        _log.LogInformation("strata-daemon ready");
-        await _stop.Task.ConfigureAwait(false);
-        _log.LogInformation("Shutting down: draining exports, flushing and closing images");
         await daemon.ShutdownAsync().ConfigureAwait(false);
         if (_monitors != null)
             await _monitors.DisposeAsync().ConfigureAwait(false);
-
-        if (_cl.PidFile != null)
+        if (started && _cl.PidFile != null)
             TryDelete(_cl.PidFile);
         foreach (var s in _socketsToRemove)
             TryDelete(s);
-        return 0;
+        return started ? 0 : 1;
 
         void Stop(PosixSignalContext ctx)
         {
@@ -133,11 +128,9 @@ internal sealed class DaemonHost
                             addr.GetBool("numeric") ?? false),
                         _ => throw new BlockException($"Parameter 'addr.type' does not accept value '{type}'"),
                     };
-                    addr.GetBool("abstract");
-                    addr.GetBool("tight");
-                    addr.GetBool("numeric");
-                    addr.GetBool("ipv4");
-                    addr.GetBool("ipv6");
+                    // Accepted for unix addresses too, as QEMU's keyval does; only inet uses them.
+                    foreach (var flag in (string[])["abstract", "tight", "numeric", "ipv4", "ipv6"])
+                        addr.GetBool(flag);
                     addr.EnsureAllRead();
                     long max = o.GetInt("max-connections") ?? 0;
                     if (max is < 0 or > uint.MaxValue)
@@ -150,7 +143,7 @@ internal sealed class DaemonHost
                         TryDelete(u.Path);
                         _socketsToRemove.Add(u.Path);
                     }
-                    await daemon.StartNbdServerAsync(address, (int)max).ConfigureAwait(false);
+                    await daemon.StartNbdServerAsync(address, (uint)max).ConfigureAwait(false);
                     break;
                 }
                 case ExportOption e:

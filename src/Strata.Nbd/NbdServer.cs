@@ -276,7 +276,6 @@ public sealed class NbdServer : IAsyncDisposable
             return _exports.Find(e => e.Name == name);
     }
 
-    /// <summary>Clients in transmission on the export.</summary>
     /// <summary>The clients attached to the export now (leaving ones included).</summary>
     public int GetClientCount(string name)
     {

@@ -106,37 +106,48 @@ public sealed class StorageDaemon : IAsyncDisposable
         EventRaised?.Invoke(new DaemonEvent(name, d));
     }
 
-    public async ValueTask StartNbdServerAsync(NbdAddress address, int maxConnections = 0, CancellationToken ct = default)
+    /// <param name="maxConnections">QEMU's uint32 max-connections: 0 for no limit.</param>
+    public async ValueTask StartNbdServerAsync(NbdAddress address, uint maxConnections = 0, CancellationToken ct = default)
     {
         if (_nbd != null)
             throw new BlockException("NBD server already running");
         // An inet address may resolve to several; as QEMU, the server listens on the first one it can bind.
-        IReadOnlyList<IPEndPoint?> candidates = address is InetNbdAddress i
-            ? [.. InetListenAddress.Resolve(i.Host, i.Port, i.Ipv4, i.Ipv6, i.Numeric)]
-            : [null];
+        IReadOnlyList<EndPoint> candidates = address switch
+        {
+            InetNbdAddress i => [.. InetListenAddress.Resolve(i.Host, i.Port, i.Ipv4, i.Ipv6, i.Numeric)],
+            UnixNbdAddress u => [new UnixDomainSocketEndPoint(u.Path)],
+            _ => throw new ArgumentException($"unknown NBD address {address}", nameof(address)),
+        };
+        var options = new NbdServerOptions { MaxConnections = (int)Math.Min(maxConnections, int.MaxValue), AcceptAfter = _clientsAllowed };
+        var server = new NbdServer(options, _loggers.CreateLogger("Strata.Nbd"));
+        EndPoint? bound = null;
         SocketException? failure = null;
         foreach (var endPoint in candidates)
         {
-            var server = new NbdServer(new NbdServerOptions { MaxConnections = maxConnections, AcceptAfter = _clientsAllowed }, _loggers.CreateLogger("Strata.Nbd"));
             try
             {
-                if (endPoint is null)
-                    server.AddUnixListener(((UnixNbdAddress)address).Path);
-                else
-                    server.AddTcpListener(endPoint);
-                await server.StartAsync(ct).ConfigureAwait(false);
+                server.AddListener(endPoint);
+                bound = endPoint;
+                break;
             }
             catch (SocketException e)
             {
-                await server.DisposeAsync().ConfigureAwait(false);
                 failure = e;
-                continue;
             }
-            _nbd = server;
-            _log.LogInformation("NBD server listening on {Address}", endPoint?.ToString() ?? ((UnixNbdAddress)address).Path);
-            return;
         }
-        throw new BlockException($"Failed to bind socket: {failure?.Message}");
+        try
+        {
+            if (bound is null)
+                throw failure ?? new SocketException((int)SocketError.AddressNotAvailable);
+            await server.StartAsync(ct).ConfigureAwait(false);
+        }
+        catch (SocketException e)
+        {
+            await server.DisposeAsync().ConfigureAwait(false);
+            throw new BlockException($"Failed to bind socket: {e.Message}");
+        }
+        _nbd = server;
+        _log.LogInformation("NBD server listening on {Address}", bound);
     }
 
     public async ValueTask StopNbdServerAsync(CancellationToken ct = default)

@@ -99,6 +99,8 @@ public sealed class QmpDifferentialTests
             E("""{"execute":"nbd-server-start","arguments":{"addr":{"type":"unix","data":{"path":"$D/n.sock"}},"max-connections":-1}}"""),
             E("""{"execute":"nbd-server-start","arguments":{"addr":{"type":"unix","data":{"path":"$D/n.sock"}},"max-connections":4294967296}}"""),
             E("""{"execute":"nbd-server-start","arguments":{"addr":{"type":"unix","data":{"path":"$D/n.sock"}},"max-connections":"x"}}"""),
+            E("""{"execute":"nbd-server-start","arguments":{"addr":{"type":"unix","data":{"path":"$D/n.sock"}},"max-connections":4294967295}}"""),
+            E("""{"execute":"nbd-server-stop"}"""),
             E("""{"execute":"nbd-server-add","arguments":{"device":"x","writable":1}}"""),
             E("""{"execute":"nbd-server-add","arguments":{"device":"x"}}"""),
             E("""{"execute":"nbd-server-remove","arguments":{"name":"x"}}"""),

@@ -18,7 +18,7 @@ public static class NodeBitmaps
     public const uint DefaultGranularity = 65536;
 
     /// <summary>bdrv_getlength: whole sectors (a file node of 196616 bytes covers 197120).</summary>
-    private static long Length(BlockNode bs) => (bs.Size + 511) / 512 * 512;
+    private static long Length(BlockNode bs) => BlockNode.WholeSectors(bs.Size);
 
     /// <summary>block_dirty_bitmap_lookup: "Node 'X' not found", then "Dirty bitmap 'Y' not found".</summary>
     public static (BlockNode Node, DirtyBitmap Bitmap) Lookup(BlockGraph graph, string node, string name)

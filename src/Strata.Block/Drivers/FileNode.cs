@@ -33,7 +33,7 @@ public sealed class FileNode : BlockNode, IStorageObserver
         if (!discard)
         {
             // A write past the end extends the node, and its bitmaps with it (whole sectors, as bdrv_getlength).
-            long end = (offset + length + 511) / 512 * 512;
+            long end = WholeSectors(offset + length);
             foreach (var b in bitmaps.All)
                 if (b.Size < end)
                     b.Resize(end);
@@ -44,7 +44,7 @@ public sealed class FileNode : BlockNode, IStorageObserver
     void IStorageObserver.Resized(long length)
     {
         foreach (var b in DirtyBitmaps.All)
-            b.Resize((length + 511) / 512 * 512);
+            b.Resize(WholeSectors(length));
     }
 
     private readonly string _filename;

@@ -206,7 +206,7 @@ public sealed class BackupAction : ITransactionAction
         {
             try
             {
-                long rounded = (size + 511) / 512 * 512;
+                long rounded = BlockNode.WholeSectors(size);
                 if (format == "raw")
                 {
                     await storage.SetLengthAsync(rounded, Preallocation.Off, ct).ConfigureAwait(false);

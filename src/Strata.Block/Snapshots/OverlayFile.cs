@@ -56,7 +56,7 @@ internal static class OverlayFile
         {
             var options = new Qcow2CreateOptions
             {
-                Size = (size + 511) / 512 * 512,
+                Size = BlockNode.WholeSectors(size),
                 BackingFile = backingName,
                 BackingFormat = backingFormat,
             };

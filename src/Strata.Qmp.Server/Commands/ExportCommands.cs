@@ -28,7 +28,7 @@ internal static class ExportCommands
             throw new BlockException("TLS is not supported by strata-daemon");
         }
 
-        await c.Daemon.StartNbdServerAsync(address, (int)(args.ULong("max-connections") ?? 0), ct).ConfigureAwait(false);
+        await c.Daemon.StartNbdServerAsync(address, (uint)(args.ULong("max-connections") ?? 0), ct).ConfigureAwait(false);
         return await Args.Empty.ConfigureAwait(false);
     }
 

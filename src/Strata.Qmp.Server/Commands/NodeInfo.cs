@@ -102,7 +102,7 @@ internal static class NodeInfo
         {
             Filename = NodeFilename.Of(node, graph),
             Format = node.Driver,
-            VirtualSize = (node.Size + 511) / 512 * 512, // bdrv_getlength counts whole sectors
+            VirtualSize = BlockNode.WholeSectors(node.Size),
             ActualSize = actual >= 0 ? actual : null,
             // Drivers with bdrv_get_info (file, raw over it, qcow2) report a dirty flag; null-co does not.
             DirtyFlag = node.Driver == "null-co" ? null : false,
